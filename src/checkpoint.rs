@@ -1,0 +1,344 @@
+//! Checkpoint stage: what has been committed, per file, kept on disk.
+//!
+//! Input: the byte ranges of batches that ClickHouse acknowledged, in the
+//! order they were inserted. Output: `state.json` in `state.dir`. An offset
+//! only ever advances here, after the insert that carried those bytes
+//! returned success (DESIGN.md §2.2). Files are keyed by a chtail-assigned
+//! [`FileId`] and found again by [`Identity`], never by path.
+//!
+//! Writes are atomic: the new state goes to a temporary file, is fsynced,
+//! the current file is kept as `state.json.prev` (a hard link, so there is
+//! always a complete `state.json`), the temporary file is renamed over it,
+//! and the directory is fsynced. A state file that cannot be read falls back
+//! to the previous copy; if that is bad too, chtail refuses to start with an
+//! explanation instead of silently starting from zero (DESIGN.md §2.6).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tail::identity::Identity;
+
+pub const STATE_FILE: &str = "state.json";
+const PREV_FILE: &str = "state.json.prev";
+const TMP_FILE: &str = "state.json.tmp";
+const VERSION: u32 = 1;
+
+/// chtail's name for one file (one identity) it tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileId(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    pub id: FileId,
+    pub identity: Identity,
+    /// Where the file was last seen.
+    pub path: PathBuf,
+    /// Every byte before this offset is in ClickHouse (or quarantined).
+    pub offset: u64,
+    /// The file no longer matches any source (rotated away or deleted) and
+    /// was read to its end. Unix seconds of when that was noticed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    next_id: u64,
+    files: Vec<FileState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the state in {dir} is unreadable ({current}; previous copy: {previous}). chtail will not \
+         guess where to resume. Inspect the files; to start over deliberately, move state.json* \
+         aside (every file is then read from its start again) and restart"
+    )]
+    Corrupt {
+        dir: PathBuf,
+        current: String,
+        previous: String,
+    },
+    #[error("cannot use state directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// All checkpoints, in memory; [`Checkpoints::save`] persists them.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    next_id: u64,
+    files: BTreeMap<FileId, FileState>,
+}
+
+/// How the state was loaded, for the start-up log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    Fresh,
+    Current,
+    /// `state.json` was bad; this is why, and the previous copy was used.
+    Previous(String),
+}
+
+impl Checkpoints {
+    /// Loads the state of `dir`, creating the directory if needed.
+    pub fn load(dir: &Path) -> Result<(Checkpoints, Loaded), StateError> {
+        let io_err = |source| StateError::Io {
+            dir: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let current = read_state(&dir.join(STATE_FILE));
+        let previous = || read_state(&dir.join(PREV_FILE));
+        let (state, loaded) = match current {
+            Ok(Some(s)) => (s, Loaded::Current),
+            Ok(None) => match previous() {
+                // A crash between link and rename cannot lose state.json, so
+                // only `prev` existing means someone removed state.json.
+                Ok(Some(s)) => (s, Loaded::Previous("state.json is missing".into())),
+                Ok(None) => return Ok((Checkpoints::default(), Loaded::Fresh)),
+                Err(p) => {
+                    return Err(StateError::Corrupt {
+                        dir: dir.to_owned(),
+                        current: "missing".into(),
+                        previous: p,
+                    });
+                }
+            },
+            Err(c) => match previous() {
+                Ok(Some(s)) => (s, Loaded::Previous(c)),
+                Ok(None) => {
+                    return Err(StateError::Corrupt {
+                        dir: dir.to_owned(),
+                        current: c,
+                        previous: "missing".into(),
+                    });
+                }
+                Err(p) => {
+                    return Err(StateError::Corrupt {
+                        dir: dir.to_owned(),
+                        current: c,
+                        previous: p,
+                    });
+                }
+            },
+        };
+        let files = state.files.into_iter().map(|f| (f.id, f)).collect();
+        Ok((
+            Checkpoints {
+                next_id: state.next_id,
+                files,
+            },
+            loaded,
+        ))
+    }
+
+    /// Reads the state for display only (`chtail status`): no fallback
+    /// chosen silently, no directory created.
+    pub fn read_only(dir: &Path) -> Result<Vec<FileState>, String> {
+        match read_state(&dir.join(STATE_FILE)) {
+            Ok(Some(s)) => Ok(s.files),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &FileState> {
+        self.files.values()
+    }
+
+    pub fn get(&self, id: FileId) -> Option<&FileState> {
+        self.files.get(&id)
+    }
+
+    /// Starts tracking a file at `offset`.
+    pub fn register(&mut self, identity: Identity, path: &Path, offset: u64) -> FileId {
+        let id = FileId(self.next_id);
+        self.next_id += 1;
+        self.files.insert(
+            id,
+            FileState {
+                id,
+                identity,
+                path: path.to_owned(),
+                offset,
+                released_at: None,
+            },
+        );
+        id
+    }
+
+    pub fn set_path(&mut self, id: FileId, path: &Path) {
+        if let Some(f) = self.files.get_mut(&id) {
+            if f.path != path {
+                f.path = path.to_owned();
+            }
+        }
+    }
+
+    pub fn set_identity(&mut self, id: FileId, identity: Identity) {
+        if let Some(f) = self.files.get_mut(&id) {
+            f.identity = identity;
+        }
+    }
+
+    pub fn set_released(&mut self, id: FileId, released: bool) {
+        if let Some(f) = self.files.get_mut(&id) {
+            f.released_at = released.then(now_unix);
+        }
+    }
+
+    /// Records that every byte before `end` of `id` is committed. Offsets
+    /// never move back; a range of a file that was since forgotten (it was
+    /// truncated and is tracked anew) is ignored.
+    pub fn advance(&mut self, id: FileId, end: u64) {
+        if let Some(f) = self.files.get_mut(&id) {
+            f.offset = f.offset.max(end);
+        }
+    }
+
+    pub fn forget(&mut self, id: FileId) {
+        self.files.remove(&id);
+    }
+
+    /// Drops entries of files released more than `older_than_secs` ago whose
+    /// bytes are all committed: they can no longer be needed to resume.
+    pub fn prune(&mut self, older_than_secs: u64, size_of: impl Fn(&FileState) -> Option<u64>) {
+        let now = now_unix();
+        self.files.retain(|_, f| match f.released_at {
+            Some(t) if now.saturating_sub(t) >= older_than_secs => {
+                size_of(f).is_some_and(|size| f.offset < size)
+            }
+            _ => true,
+        });
+    }
+
+    /// The bytes of the state file as it is now.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let state = StateFile {
+            version: VERSION,
+            next_id: self.next_id,
+            files: self.files.values().cloned().collect(),
+        };
+        let mut out = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `Ok(None)` when there is no such file.
+fn read_state(path: &Path) -> Result<Option<StateFile>, String> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let state: StateFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is corrupt: {e}", path.display()))?;
+    if state.version != VERSION {
+        return Err(format!(
+            "{} has version {}, this chtail reads version {VERSION}",
+            path.display(),
+            state.version
+        ));
+    }
+    Ok(Some(state))
+}
+
+/// Writes `bytes` as the new state of `dir`, atomically and durably.
+pub fn save(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(TMP_FILE);
+    let current = dir.join(STATE_FILE);
+    let prev = dir.join(PREV_FILE);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    if current.exists() {
+        let _ = fs::remove_file(&prev);
+        fs::hard_link(&current, &prev)?;
+    }
+    fs::rename(&tmp, &current)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> Identity {
+        Identity {
+            dev: 1,
+            ino: n,
+            fp_len: 10,
+            fp_hash: n * 7,
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_keeps_a_previous_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, loaded) = Checkpoints::load(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Fresh);
+        let a = c.register(id(1), Path::new("/log/a"), 0);
+        c.advance(a, 100);
+        save(dir.path(), &c.snapshot()).unwrap();
+        c.advance(a, 200);
+        c.advance(a, 150); // never backwards
+        save(dir.path(), &c.snapshot()).unwrap();
+
+        let (c2, loaded) = Checkpoints::load(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Current);
+        assert_eq!(c2.get(a).unwrap().offset, 200);
+        let prev = Checkpoints::read_only_path(&dir.path().join(PREV_FILE));
+        assert_eq!(prev[0].offset, 100);
+    }
+
+    #[test]
+    fn a_corrupt_state_falls_back_to_the_previous_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, _) = Checkpoints::load(dir.path()).unwrap();
+        let a = c.register(id(1), Path::new("/log/a"), 0);
+        c.advance(a, 100);
+        save(dir.path(), &c.snapshot()).unwrap();
+        c.advance(a, 200);
+        save(dir.path(), &c.snapshot()).unwrap();
+        fs::write(dir.path().join(STATE_FILE), b"{\"version\":1,\"next_").unwrap();
+        let (c2, loaded) = Checkpoints::load(dir.path()).unwrap();
+        assert!(matches!(loaded, Loaded::Previous(_)), "{loaded:?}");
+        assert_eq!(c2.get(a).unwrap().offset, 100);
+    }
+
+    #[test]
+    fn with_no_good_copy_it_refuses_rather_than_starting_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE_FILE), b"\0\0garbage").unwrap();
+        let err = Checkpoints::load(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }));
+        assert!(err.to_string().contains("will not guess"));
+    }
+
+    impl Checkpoints {
+        fn read_only_path(path: &Path) -> Vec<FileState> {
+            read_state(path).unwrap().unwrap().files
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The ClickHouse boundary: the client, the table, and what a failure means.
+//!
+//! Every error from the server or the network is classified here and only
+//! here ([`classify`]), into what the inserter must do about it: retry, split
+//! the batch to isolate bad rows, or shout for an operator while retrying.
+
+use std::fmt;
+use std::time::Duration;
+
+use clickhouse::{Client, Compression};
+
+use crate::config;
+use crate::parse::{Schema, UnsupportedColumn, default_table_columns};
+
+/// A server's version, e.g. 18.16.1 or 26.9.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Version {
+    pub fn parse(text: &str) -> Option<Version> {
+        let mut parts = text.trim().split('.');
+        Some(Version {
+            major: parts.next()?.parse().ok()?,
+            minor: parts.next()?.parse().ok()?,
+        })
+    }
+
+    /// `insert_deduplication_token` exists from 22.2 on (DESIGN.md §4).
+    pub fn has_dedup_token(&self) -> bool {
+        *self >= Version { major: 22, minor: 2 }
+    }
+
+    /// Before 19.x, `LowCardinality` needs an experimental switch.
+    fn low_cardinality_is_experimental(&self) -> bool {
+        self.major < 19
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What the inserter should do about a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Network faults, timeouts, overload: wait and try again.
+    Transient,
+    /// The server refused the data itself: split to find the bad rows.
+    BadData,
+    /// Credentials, a missing table, a changed schema: an operator must act.
+    /// chtail keeps retrying slowly so that it resumes by itself once fixed.
+    Operator,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub class: Class,
+    /// ClickHouse's error code, when the server sent one.
+    pub code: Option<u32>,
+    pub message: String,
+}
+
+impl Failure {
+    /// What to tell the operator, for `Operator` failures.
+    pub fn advice(&self) -> &'static str {
+        match self.code {
+            Some(516) | Some(192) | Some(193) | Some(194) => {
+                "check clickhouse.user and clickhouse.password"
+            }
+            Some(60) | Some(81) => {
+                "create the table, or set create_table = true (see `chtail check`)"
+            }
+            Some(16) | Some(32) | Some(33) | Some(8) => {
+                "the table's columns changed while chtail ran; restart chtail to read the new schema"
+            }
+            Some(497) | Some(164) => "grant INSERT on the table to clickhouse.user",
+            _ => "see the server's message",
+        }
+    }
+}
+
+/// Bad-data codes: the rows themselves are wrong (DESIGN.md §4).
+const BAD_DATA: &[u32] = &[6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 190];
+/// Codes an operator must fix: authentication, missing objects, privileges,
+/// and the RowBinary layout no longer matching the table.
+const OPERATOR: &[u32] = &[8, 16, 32, 33, 60, 81, 115, 192, 193, 194, 497, 516];
+
+/// The one place where a ClickHouse error is given a meaning.
+pub fn classify(err: &clickhouse::error::Error) -> Failure {
+    use clickhouse::error::Error as E;
+    let message = err.to_string();
+    let code = match err {
+        E::BadResponse(text) => exception_code(text),
+        _ => None,
+    };
+    let class = match (err, code) {
+        (E::Network(_) | E::TimedOut, _) => Class::Transient,
+        (_, Some(c)) if BAD_DATA.contains(&c) => Class::BadData,
+        (_, Some(c)) if OPERATOR.contains(&c) => Class::Operator,
+        (E::BadResponse(_), _) => Class::Transient,
+        _ => Class::Transient,
+    };
+    Failure {
+        class,
+        code,
+        message: one_line(&message),
+    }
+}
+
+/// `Code: 60. DB::Exception: ...` or a bare code from the header.
+fn exception_code(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if let Ok(n) = t.parse() {
+        return Some(n);
+    }
+    let at = t.find("Code: ")? + "Code: ".len();
+    let digits: String = t[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn one_line(s: &str) -> String {
+    let s = s.split("Stack trace").next().unwrap_or(s);
+    let mut out: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > 500 {
+        let mut end = 500;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
+/// A connection to the configured server and table.
+#[derive(Clone)]
+pub struct Server {
+    client: Client,
+    cfg: config::ClickHouse,
+}
+
+/// A column as `DESCRIBE TABLE` reports it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub name: String,
+    pub ty: String,
+    /// `""`, `DEFAULT`, `MATERIALIZED`, `ALIAS` or `EPHEMERAL`.
+    pub default_kind: String,
+}
+
+impl Server {
+    pub fn new(cfg: &config::ClickHouse) -> Server {
+        let client = Client::default()
+            .with_url(&cfg.url)
+            .with_user(&cfg.user)
+            .with_password(cfg.password.expose())
+            .with_database(&cfg.database)
+            .with_compression(if cfg.compression {
+                Compression::Lz4
+            } else {
+                Compression::None
+            })
+            .with_validation(false);
+        Server {
+            client,
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &config::ClickHouse {
+        &self.cfg
+    }
+
+    /// Runs a query and returns its TabSeparated output.
+    async fn text(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, Failure> {
+        let mut q = self.client.query(sql);
+        for (k, v) in settings {
+            q = q.with_setting(*k, *v);
+        }
+        let fut = async {
+            let mut cursor = q.fetch_bytes("TabSeparated")?;
+            cursor.collect().await
+        };
+        match tokio::time::timeout(self.cfg.request_timeout, fut).await {
+            Ok(Ok(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(Failure {
+                class: Class::Transient,
+                code: None,
+                message: format!("no answer within {:?}", self.cfg.request_timeout),
+            }),
+        }
+    }
+
+    pub async fn version(&self) -> Result<Version, Failure> {
+        let text = self.text("SELECT version()", &[]).await?;
+        Version::parse(&text).ok_or_else(|| Failure {
+            class: Class::Operator,
+            code: None,
+            message: format!("cannot read the server version from {text:?}"),
+        })
+    }
+
+    /// The table's columns, or `None` if the table does not exist.
+    pub async fn describe(&self) -> Result<Option<Vec<Described>>, Failure> {
+        let sql = format!(
+            "DESCRIBE TABLE `{}`.`{}`",
+            self.cfg.database, self.cfg.table
+        );
+        let text = match self.text(&sql, &[]).await {
+            Ok(t) => t,
+            Err(f) if f.code == Some(60) => return Ok(None),
+            Err(f) => return Err(f),
+        };
+        Ok(Some(
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let mut f = l.split('\t');
+                    Described {
+                        name: unescape_tsv(f.next().unwrap_or_default()),
+                        ty: unescape_tsv(f.next().unwrap_or_default()),
+                        default_kind: f.next().unwrap_or_default().to_string(),
+                    }
+                })
+                .collect(),
+        ))
+    }
+
+    /// Creates the database (if needed) and the default table of DESIGN.md
+    /// §1, with exactly its columns. On servers that can deduplicate inserts
+    /// into a plain MergeTree, the table is created with a deduplication
+    /// window so that a re-sent batch is recognised.
+    pub async fn create_default_table(&self, version: Version) -> Result<(), Failure> {
+        let db = &self.cfg.database;
+        if db != "default" {
+            self.text(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"), &[])
+                .await?;
+        }
+        let cols: Vec<String> = default_table_columns()
+            .iter()
+            .map(|(n, t)| format!("{n} {t}"))
+            .collect();
+        let dedup = if version.has_dedup_token() {
+            " SETTINGS non_replicated_deduplication_window = 1000"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.`{}` ({}) ENGINE = MergeTree() ORDER BY (guild_id, ts){dedup}",
+            self.cfg.table,
+            cols.join(", ")
+        );
+        let settings: &[(&str, &str)] = if version.low_cardinality_is_experimental() {
+            &[("allow_experimental_low_cardinality_type", "1")]
+        } else {
+            &[]
+        };
+        self.text(&sql, settings).await.map(|_| ())
+    }
+
+    /// Sends one INSERT of pre-encoded RowBinary `parts`. Only `Ok` means the
+    /// rows are committed; the request is bounded by the configured timeouts
+    /// rather than dropped half-way by the caller.
+    pub async fn insert(
+        &self,
+        sql: &str,
+        parts: Vec<bytes::Bytes>,
+        token: Option<&str>,
+    ) -> Result<(), Failure> {
+        let mut insert = self
+            .client
+            .insert_formatted_with(sql)
+            .with_timeouts(Some(self.cfg.request_timeout), Some(self.cfg.request_timeout));
+        if let Some(t) = token {
+            insert = insert.with_setting("insert_deduplication_token", t);
+        }
+        let result = async {
+            for part in parts {
+                if !part.is_empty() {
+                    insert.send(part).await?;
+                }
+            }
+            insert.end().await
+        }
+        .await;
+        result.map_err(|e| classify(&e))
+    }
+}
+
+fn unescape_tsv(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('\\') => out.push('\\'),
+            Some('\'') => out.push('\''),
+            Some(o) => {
+                out.push('\\');
+                out.push(o);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The insertable columns of a described table, as a [`Schema`]. Columns
+/// computed by the server (MATERIALIZED, ALIAS, EPHEMERAL) are left to it.
+pub fn schema_of(columns: &[Described]) -> Result<Schema, Vec<UnsupportedColumn>> {
+    let pairs: Vec<(String, String)> = columns
+        .iter()
+        .filter(|c| c.default_kind.is_empty() || c.default_kind == "DEFAULT")
+        .map(|c| (c.name.clone(), c.ty.clone()))
+        .collect();
+    Schema::new(&pairs)
+}
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next wait: a random time between half and all of the capped
+    /// exponential step, so that many chtails do not retry in step.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = step / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_read_from_bodies_and_headers() {
+        assert_eq!(
+            exception_code("Code: 60. DB::Exception: Table default.x doesn't exist."),
+            Some(60)
+        );
+        assert_eq!(exception_code("252"), Some(252));
+        assert_eq!(exception_code("something else"), None);
+    }
+
+    #[test]
+    fn classes() {
+        let bad = |t: &str| classify(&clickhouse::error::Error::BadResponse(t.into())).class;
+        assert_eq!(bad("Code: 27. DB::Exception: Cannot parse input"), Class::BadData);
+        assert_eq!(bad("Code: 516. DB::Exception: Authentication failed"), Class::Operator);
+        assert_eq!(bad("Code: 252. DB::Exception: Too many parts"), Class::Transient);
+        assert_eq!(bad("Code: 241. DB::Exception: Memory limit"), Class::Transient);
+        assert_eq!(classify(&clickhouse::error::Error::TimedOut).class, Class::Transient);
+    }
+
+    #[test]
+    fn versions() {
+        let v = Version::parse("18.16.1").unwrap();
+        assert!(!v.has_dedup_token());
+        assert!(v.low_cardinality_is_experimental());
+        assert!(Version::parse("26.9.1.1").unwrap().has_dedup_token());
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(delays[9] >= Duration::from_secs(1));
+    }
+}

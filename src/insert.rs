@@ -1,0 +1,247 @@
+//! Insert stage: one INSERT per batch, in order, then the checkpoint.
+//!
+//! Input: [`Batch`]es from the batcher. Output: rows in ClickHouse and
+//! committed offsets in the [`Checkpoints`]. A batch is retried until the
+//! server acknowledges it (transient faults with capped, jittered backoff;
+//! operator faults slowly, loudly); only then do its offsets advance, so a
+//! checkpoint never passes an unacknowledged event (DESIGN.md §2.2). A batch
+//! the server rejects as bad data is split in halves until the bad rows are
+//! isolated; those go to the quarantine and the rest are inserted
+//! (DESIGN.md §2.4). The stage stops when its input channel closes. Once the
+//! shutdown deadline has passed it starts no new attempt, but it never
+//! abandons an insert half-way.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use twox_hash::XxHash64;
+
+use crate::batch::{self, Batch};
+use crate::checkpoint::{self, Checkpoints};
+use crate::clickhouse::{Backoff, Class, Failure, Server};
+use crate::config;
+use crate::parse::Reject;
+use crate::quarantine::Quarantine;
+use crate::stats::Stats;
+
+/// Released files whose every byte is committed are forgotten after this.
+const PRUNE_AFTER_SECS: u64 = 3600;
+
+pub struct Inserter {
+    pub server: Server,
+    pub sql: String,
+    /// Send `insert_deduplication_token` (the server knows the setting).
+    pub dedup_tokens: bool,
+    pub checkpoints: Arc<Mutex<Checkpoints>>,
+    pub state_dir: PathBuf,
+    pub quarantine: Arc<Mutex<Quarantine>>,
+    pub stats: Arc<Stats>,
+    /// Becomes true when the shutdown deadline has passed.
+    pub give_up: watch::Receiver<bool>,
+    pub retry: (std::time::Duration, std::time::Duration),
+}
+
+/// How the insert stage ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every batch it was given is in ClickHouse and committed.
+    Drained,
+    /// The shutdown deadline passed; this many rows stay in the log files,
+    /// uncommitted, and are sent on the next start.
+    GaveUp { rows_left: usize },
+}
+
+enum SendError {
+    Bad(Failure),
+    GaveUp,
+}
+
+impl Inserter {
+    pub async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
+        while let Some(batch) = input.recv().await {
+            if !self.deliver(&batch).await {
+                let mut rows_left = batch.rows;
+                input.close();
+                while let Some(b) = input.recv().await {
+                    rows_left += b.rows;
+                }
+                return Outcome::GaveUp { rows_left };
+            }
+            self.commit(&batch).await;
+        }
+        Outcome::Drained
+    }
+
+    /// Inserts every row of `batch` or quarantines it; false if the
+    /// shutdown deadline stopped it first.
+    async fn deliver(&mut self, batch: &Batch) -> bool {
+        let token = self.dedup_tokens.then(|| batch::token(&batch.ranges()));
+        let parts = batch.chunks.iter().map(|c| c.data.clone()).collect();
+        match self.send(parts, token.as_deref(), batch.rows).await {
+            Ok(()) => true,
+            Err(SendError::GaveUp) => false,
+            Err(SendError::Bad(f)) => {
+                tracing::warn!(rows = batch.rows, code = f.code, "ClickHouse rejected a batch as bad data; splitting it to isolate the bad rows: {}", f.message);
+                self.bisect(batch, token.as_deref()).await
+            }
+        }
+    }
+
+    /// Splits the batch's rows in halves until each bad row stands alone.
+    async fn bisect(&mut self, batch: &Batch, token: Option<&str>) -> bool {
+        let index: Vec<(usize, usize)> = batch
+            .chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(c, chunk)| (0..chunk.rows.len()).map(move |r| (c, r)))
+            .collect();
+        let mut todo = vec![(0, index.len())];
+        while let Some((a, b)) = todo.pop() {
+            let parts = slice_parts(batch, &index[a..b]);
+            let sub_token = token.map(|t| {
+                let h = XxHash64::oneshot(0, format!("{t}/{a}-{b}").as_bytes());
+                format!("{t}-{h:016x}")
+            });
+            match self.send(parts, sub_token.as_deref(), b - a).await {
+                Ok(()) => {}
+                Err(SendError::GaveUp) => return false,
+                Err(SendError::Bad(f)) if b - a == 1 => {
+                    let (c, r) = index[a];
+                    let chunk = &batch.chunks[c];
+                    let offset = chunk.rows[r].offset;
+                    let line = read_line_at(&chunk.path, offset);
+                    let mut q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+                    q.put(&chunk.path, offset, &Reject::Server(f.message), &line, false);
+                }
+                Err(SendError::Bad(_)) => {
+                    let mid = a + (b - a) / 2;
+                    todo.push((mid, b));
+                    todo.push((a, mid));
+                }
+            }
+        }
+        true
+    }
+
+    /// One INSERT, retried until it succeeds, fails as bad data, or the
+    /// shutdown deadline passes between attempts.
+    async fn send(
+        &mut self,
+        parts: Vec<bytes::Bytes>,
+        token: Option<&str>,
+        rows: usize,
+    ) -> Result<(), SendError> {
+        let mut backoff = Backoff::new(self.retry.0, self.retry.1);
+        loop {
+            if *self.give_up.borrow() {
+                return Err(SendError::GaveUp);
+            }
+            let result = self.server.insert(&self.sql, parts.clone(), token).await;
+            let failure = match result {
+                Ok(()) => {
+                    if backoff.attempts() > 0 {
+                        tracing::info!(attempts = backoff.attempts() + 1, "ClickHouse accepts inserts again");
+                    }
+                    self.stats.batches_inserted.fetch_add(1, Ordering::Relaxed);
+                    self.stats.rows_inserted.fetch_add(rows as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(f) => f,
+            };
+            self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+            if failure.class == Class::BadData {
+                return Err(SendError::Bad(failure));
+            }
+            if failure.class == Class::Operator {
+                // Skip the quick retries: nothing changes until someone acts.
+                while backoff.attempts() < 16 {
+                    backoff.next_delay();
+                }
+            }
+            let delay = backoff.next_delay();
+            match failure.class {
+                Class::Operator => tracing::error!(
+                    code = failure.code,
+                    retry_in = ?delay,
+                    rows,
+                    "ClickHouse refuses the insert; {}: {}",
+                    failure.advice(),
+                    failure.message
+                ),
+                _ => tracing::warn!(
+                    code = failure.code,
+                    retry_in = ?delay,
+                    attempt = backoff.attempts(),
+                    rows,
+                    "insert failed, will retry: {}",
+                    failure.message
+                ),
+            }
+            let mut give_up = self.give_up.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = give_up.wait_for(|g| *g) => {}
+            }
+        }
+    }
+
+    /// Advances and persists the offsets the batch covered.
+    async fn commit(&mut self, batch: &Batch) {
+        let snapshot = {
+            let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+            for r in batch.ranges() {
+                cp.advance(r.file, r.end);
+            }
+            cp.prune(PRUNE_AFTER_SECS, |f| {
+                std::fs::metadata(&f.path).ok().map(|m| m.len())
+            });
+            cp.snapshot()
+        };
+        let dir = self.state_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || checkpoint::save(&dir, &snapshot)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(dir = %self.state_dir.display(), error = %e, "cannot write the checkpoint; rows already inserted may be sent again after a restart"),
+            Err(e) => tracing::error!(error = %e, "checkpoint writer failed"),
+        }
+    }
+}
+
+/// The encoded bytes of the given rows, as contiguous slices per chunk.
+fn slice_parts(batch: &Batch, rows: &[(usize, usize)]) -> Vec<bytes::Bytes> {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let (c, first) = rows[i];
+        let mut last = first;
+        while i + 1 < rows.len() && rows[i + 1].0 == c {
+            i += 1;
+            last = rows[i].1;
+        }
+        parts.push(batch.chunks[c].row_bytes(first, last + 1));
+        i += 1;
+    }
+    parts
+}
+
+/// Best effort: the line at `offset`, for the quarantine record.
+fn read_line_at(path: &Path, offset: u64) -> Vec<u8> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let n = file.read_at(&mut buf, offset).unwrap_or(0);
+    buf.truncate(n);
+    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        buf.truncate(end);
+    }
+    buf
+}
+
+/// The insert statement and settings for a configured table.
+pub fn insert_sql(cfg: &config::ClickHouse, schema: &crate::parse::Schema) -> String {
+    schema.insert_sql(&cfg.database, &cfg.table)
+}

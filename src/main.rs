@@ -1,0 +1,145 @@
+//! The `chtail` command: parse arguments, set up logging, hand over.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use chtail::config::Config;
+
+/// Exit status for a configuration that cannot be used (sysexits' USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "chtail", version, about = "Ship a bot's JSON event log into ClickHouse")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground, logging to stderr.
+    Run {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Log format: plain text (for journald) or one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate the config, reach ClickHouse, check (or create) the table.
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show each tracked file: path, identity, size, committed offset, lag.
+    Status {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            let Some(config) = load(&config) else {
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(chtail::daemon::run(config)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => {
+            init_logging(LogFormat::Text);
+            let Some(config) = load(&config) else {
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let problems = match rt {
+                Ok(rt) => rt.block_on(chtail::check::check(&config)),
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if problems == 0 {
+                println!("all is well");
+                ExitCode::SUCCESS
+            } else {
+                println!("{problems} problem(s) found");
+                ExitCode::FAILURE
+            }
+        }
+        Command::Status { config, json } => {
+            let Some(config) = load(&config) else {
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            };
+            match chtail::status::collect(&config) {
+                Ok(rows) if json => {
+                    println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(rows) => {
+                    chtail::status::print_table(&rows);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chtail: cannot read the state: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprint!("chtail: {e}");
+            None
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("CHTAIL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

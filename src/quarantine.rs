@@ -1,0 +1,172 @@
+//! The quarantine: where lines that cannot be inserted go, so that nothing is
+//! dropped silently.
+//!
+//! Each rejected line becomes one JSON object in `quarantine.jsonl` under
+//! `state.dir`: time, file, offset, reason and the line itself (as text when
+//! it is UTF-8, base64 otherwise). The file is capped in size and rotated to
+//! `quarantine.jsonl.1`. Writing is best effort: a full disk is logged, and
+//! the pipeline keeps flowing, because the lines are still in the bot's logs.
+//! Logging is rate limited so that a flood of garbage cannot flood journald.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::parse::Reject;
+use crate::stats::Stats;
+
+pub const FILE_NAME: &str = "quarantine.jsonl";
+const MAX_BYTES: u64 = 64 << 20;
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Quarantine {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    last_log: Option<Instant>,
+    unlogged: u64,
+    stats: std::sync::Arc<Stats>,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    file: &'a str,
+    offset: u64,
+    kind: &'static str,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_base64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+}
+
+impl Quarantine {
+    pub fn new(state_dir: &Path, stats: std::sync::Arc<Stats>) -> Quarantine {
+        Quarantine {
+            path: state_dir.join(FILE_NAME),
+            file: None,
+            size: 0,
+            last_log: None,
+            unlogged: 0,
+            stats,
+        }
+    }
+
+    /// Records one rejected line. `line` may be only the head of the line
+    /// (`truncated`), as for over-long lines.
+    pub fn put(&mut self, file: &Path, offset: u64, reason: &Reject, line: &[u8], truncated: bool) {
+        self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
+        let shown = file.to_string_lossy();
+        let (text, b64) = match std::str::from_utf8(line) {
+            Ok(s) => (Some(s), None),
+            Err(_) => (None, Some(base64(line))),
+        };
+        let record = Record {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            file: &shown,
+            offset,
+            kind: reason.kind(),
+            reason: reason.to_string(),
+            line: text,
+            line_base64: b64,
+            truncated,
+        };
+        let mut bytes = serde_json::to_vec(&record).unwrap_or_default();
+        bytes.push(b'\n');
+        if let Err(e) = self.write(&bytes) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write to the quarantine file; the line stays in its log file");
+        }
+        self.log(&shown, offset, reason);
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.file.is_some() && self.size + bytes.len() as u64 > MAX_BYTES {
+            self.file = None;
+            std::fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
+        }
+        if self.file.is_none() {
+            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.size = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        let f = self.file.as_mut().expect("opened above");
+        f.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn log(&mut self, file: &str, offset: u64, reason: &Reject) {
+        let now = Instant::now();
+        if self.last_log.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            file,
+            offset,
+            kind = reason.kind(),
+            suppressed = self.unlogged,
+            quarantine = %self.path.display(),
+            "line quarantined: {reason}"
+        );
+        self.last_log = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"\xff\xfe\x00"), "//4A");
+    }
+
+    #[test]
+    fn records_name_file_offset_reason_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = std::sync::Arc::new(Stats::default());
+        let mut q = Quarantine::new(dir.path(), stats.clone());
+        q.put(Path::new("/log/a.jsonl"), 42, &Reject::NotAnObject, b"[1]", false);
+        q.put(Path::new("/log/a.jsonl"), 46, &Reject::InvalidUtf8, b"\xff", false);
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        let rows: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["file"], "/log/a.jsonl");
+        assert_eq!(rows[0]["offset"], 42);
+        assert_eq!(rows[0]["kind"], "not_an_object");
+        assert_eq!(rows[0]["line"], "[1]");
+        assert_eq!(rows[1]["line_base64"], "/w==");
+        assert_eq!(stats.quarantined.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,71 @@
+//! `chtail status`: per tracked file, where it is, what it is, and how far
+//! behind. Reads the state on disk, so it works whether or not the daemon
+//! runs.
+
+use std::os::unix::fs::MetadataExt;
+
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoints, FileState};
+use crate::config::Config;
+
+#[derive(Debug, Serialize)]
+pub struct FileStatus {
+    pub id: u64,
+    pub path: String,
+    pub identity: String,
+    /// Current size, if the file is still at its recorded path.
+    pub size: Option<u64>,
+    pub committed: u64,
+    pub lag_bytes: Option<u64>,
+    pub state: &'static str,
+}
+
+pub fn collect(config: &Config) -> Result<Vec<FileStatus>, String> {
+    let files = Checkpoints::read_only(&config.state.dir)?;
+    Ok(files.iter().map(status_of).collect())
+}
+
+fn status_of(f: &FileState) -> FileStatus {
+    let here = std::fs::metadata(&f.path)
+        .ok()
+        .filter(|m| m.dev() == f.identity.dev && m.ino() == f.identity.ino);
+    let size = here.as_ref().map(|m| m.len());
+    FileStatus {
+        id: f.id.0,
+        path: f.path.display().to_string(),
+        identity: f.identity.to_string(),
+        size,
+        committed: f.offset,
+        lag_bytes: size.map(|s| s.saturating_sub(f.offset)),
+        state: match (f.released_at, size) {
+            (Some(_), _) => "released",
+            (None, Some(_)) => "active",
+            (None, None) => "moved",
+        },
+    }
+}
+
+pub fn print_table(rows: &[FileStatus]) {
+    if rows.is_empty() {
+        println!("no files tracked yet");
+        return;
+    }
+    let width = rows.iter().map(|r| r.path.len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:<width$}  {:<8}  {:>12}  {:>12}  {:>12}  IDENTITY",
+        "PATH", "STATE", "SIZE", "COMMITTED", "LAG"
+    );
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    for r in rows {
+        println!(
+            "{:<width$}  {:<8}  {:>12}  {:>12}  {:>12}  {}",
+            r.path,
+            r.state,
+            opt(r.size),
+            r.committed,
+            opt(r.lag_bytes),
+            r.identity
+        );
+    }
+}

@@ -1,0 +1,683 @@
+//! Tail stage: finds the bot's files, reads their complete lines, parses
+//! them, and pushes the rows into the queue.
+//!
+//! Input: the `[[source]]` globs and the committed offsets. Output:
+//! [`Chunk`]s into the [`Queue`], each naming the exact byte range it
+//! covers. The tailer owns its readers: one open handle per tracked file,
+//! read with positioned reads at exact offsets, so it can resume anywhere
+//! and keeps reading a file that was renamed or deleted until its end.
+//!
+//! Files are tracked by identity (device, inode and a fingerprint of the
+//! first bytes), never by path, so that:
+//! - a renamed file is the same file (and is not read twice when the glob
+//!   also matches its new name); once it no longer matches, it is read to
+//!   its end and then released;
+//! - a file whose size drops below the read offset, or whose first bytes
+//!   changed, was truncated or replaced and is read again from 0;
+//! - on start-up, files are matched to their checkpoints by identity, and
+//!   files that were rotated away while chtail was down are looked for in
+//!   the sources' directories.
+//!
+//! `notify` only wakes the tailer early; a stat poll every
+//! `tail.poll_interval` catches whatever inotify dropped. The tailer runs on
+//! its own thread (file reads block) and is the only stage that watches the
+//! stop signal: it stops reading, closes the queue, and every later stage
+//! drains and ends because its input ended.
+
+pub mod identity;
+pub mod lines;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::checkpoint::{Checkpoints, FileId};
+use crate::config;
+use crate::parse::{Reject, Schema};
+use crate::quarantine::Quarantine;
+use crate::queue::{Cancelled, Chunk, Queue, RowMark};
+use crate::stats::Stats;
+use identity::Identity;
+use lines::{LineSplitter, Piece};
+
+/// A chunk is handed to the queue once its encoded rows reach this size.
+const CHUNK_BYTES: usize = 128 << 10;
+/// A renamed-away file that has not grown for this long, read to its end,
+/// is released.
+const RELEASE_IDLE: Duration = Duration::from_secs(10);
+/// Errors about one path are logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The stop signal and the wake-ups for the tailer thread.
+#[derive(Clone)]
+pub struct Control {
+    cancel: Arc<AtomicBool>,
+    names_changed: Arc<AtomicBool>,
+    wake: SyncSender<()>,
+}
+
+impl Control {
+    /// Tells the tailer to stop reading; it closes the queue when it has.
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+    }
+
+    fn poke(&self, names: bool) {
+        if names {
+            self.names_changed.store(true, Ordering::Relaxed);
+        }
+        let _ = self.wake.try_send(());
+    }
+}
+
+struct Tracked {
+    id: FileId,
+    path: Arc<Path>,
+    file: File,
+    identity: Identity,
+    splitter: LineSplitter,
+    /// No source matches it any more: read it to its end, then release it.
+    detached: bool,
+    /// Since when reads found nothing new.
+    idle_since: Option<Instant>,
+    /// A compressed file matched by a glob: never read as text.
+    compressed: bool,
+}
+
+/// What the read loop needs besides the file itself.
+struct Sink<'a> {
+    schema: &'a Schema,
+    queue: &'a Queue,
+    quarantine: &'a Mutex<Quarantine>,
+    stats: &'a Stats,
+    cancel: &'a AtomicBool,
+    max_line: usize,
+}
+
+pub struct Tailer {
+    patterns: Vec<String>,
+    cfg: config::Tail,
+    schema: Arc<Schema>,
+    queue: Arc<Queue>,
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    quarantine: Arc<Mutex<Quarantine>>,
+    stats: Arc<Stats>,
+    control: Control,
+    wake: Receiver<()>,
+    files: Vec<Tracked>,
+    buf: Vec<u8>,
+    last_discovery: Option<Instant>,
+    error_logged: HashMap<PathBuf, Instant>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Tailer {
+    pub fn new(
+        sources: &[config::Source],
+        cfg: config::Tail,
+        schema: Arc<Schema>,
+        queue: Arc<Queue>,
+        checkpoints: Arc<Mutex<Checkpoints>>,
+        quarantine: Arc<Mutex<Quarantine>>,
+        stats: Arc<Stats>,
+    ) -> Tailer {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let control = Control {
+            cancel: Arc::new(AtomicBool::new(false)),
+            names_changed: Arc::new(AtomicBool::new(false)),
+            wake: tx,
+        };
+        let patterns: Vec<String> = sources.iter().flat_map(|s| s.paths.clone()).collect();
+        let watcher = watch(&patterns, control.clone());
+        Tailer {
+            patterns,
+            buf: vec![0; cfg.read_buffer_bytes],
+            cfg,
+            schema,
+            queue,
+            checkpoints,
+            quarantine,
+            stats,
+            control,
+            wake: rx,
+            files: Vec::new(),
+            last_discovery: None,
+            error_logged: HashMap::new(),
+            _watcher: watcher,
+        }
+    }
+
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Runs until stopped; then closes the queue.
+    pub fn run(mut self) {
+        self.discover(true);
+        'outer: while !self.control.cancel.load(Ordering::SeqCst) {
+            let names = self.control.names_changed.swap(false, Ordering::Relaxed);
+            if names
+                || self
+                    .last_discovery
+                    .is_none_or(|t| t.elapsed() >= self.cfg.poll_interval)
+            {
+                self.discover(false);
+            }
+            let mut progress = false;
+            for i in 0..self.files.len() {
+                match self.read(i) {
+                    Ok(p) => progress |= p,
+                    Err(Cancelled) => break 'outer,
+                }
+            }
+            if let Err(Cancelled) = self.release_finished() {
+                break;
+            }
+            if !progress {
+                match self.wake.recv_timeout(self.cfg.poll_interval) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        tracing::debug!("tailer stopped reading");
+        self.queue.close();
+    }
+
+    fn sink(&self) -> Sink<'_> {
+        Sink {
+            schema: &self.schema,
+            queue: &self.queue,
+            quarantine: &self.quarantine,
+            stats: &self.stats,
+            cancel: &self.control.cancel,
+            max_line: self.cfg.max_line_bytes,
+        }
+    }
+
+    fn log_error(&mut self, path: &Path, what: &str, e: &std::io::Error) {
+        let now = Instant::now();
+        let due = self
+            .error_logged
+            .get(path)
+            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_EVERY);
+        if due {
+            tracing::warn!(path = %path.display(), error = %e, "{what}; will retry");
+            self.error_logged.insert(path.to_owned(), now);
+        }
+    }
+
+    /// Matches the globs against the filesystem: new files are tracked,
+    /// moved files followed, vanished files detached.
+    fn discover(&mut self, startup: bool) {
+        self.last_discovery = Some(Instant::now());
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut found: Vec<PathBuf> = Vec::new();
+        for pattern in &self.patterns {
+            match glob::glob(pattern) {
+                Ok(paths) => found.extend(paths.flatten()),
+                Err(e) => tracing::error!(pattern, error = %e, "bad glob"),
+            }
+        }
+        found.sort();
+        found.dedup();
+        for path in found {
+            if is_compressed_name(&path) {
+                continue;
+            }
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                Err(e) => {
+                    self.log_error(&path, "cannot stat a log file", &e);
+                    continue;
+                }
+            };
+            let key = (meta.dev(), meta.ino());
+            if !seen.insert(key) {
+                continue; // the same file under two matching names
+            }
+            if let Some(t) = self
+                .files
+                .iter_mut()
+                .find(|t| (t.identity.dev, t.identity.ino) == key)
+            {
+                if *t.path != *path {
+                    tracing::info!(id = t.id.0, from = %t.path.display(), to = %path.display(), "file renamed; following it");
+                    t.path = Arc::from(path.as_path());
+                    lock(&self.checkpoints).set_path(t.id, &path);
+                }
+                if t.detached {
+                    t.detached = false;
+                    lock(&self.checkpoints).set_released(t.id, false);
+                }
+                continue;
+            }
+            match File::open(&path) {
+                Ok(file) => self.track(file, &path, false),
+                Err(e) => self.log_error(&path, "cannot open a log file", &e),
+            }
+        }
+        for t in &mut self.files {
+            if !t.detached && !seen.contains(&(t.identity.dev, t.identity.ino)) {
+                tracing::info!(id = t.id.0, path = %t.path.display(), "file no longer matches a source (rotated or deleted); reading it to its end");
+                t.detached = true;
+            }
+        }
+        if startup {
+            self.find_moved_while_down();
+        }
+    }
+
+    /// Starts tracking an open file, resuming at its checkpoint if one
+    /// matches its identity.
+    fn track(&mut self, file: File, path: &Path, detached: bool) {
+        let identity = match Identity::of(&file) {
+            Ok(i) => i,
+            Err(e) => return self.log_error(path, "cannot read a log file", &e),
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut cp = lock(&self.checkpoints);
+        let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        let known = cp
+            .files()
+            .filter(|f| !tracked.contains(&f.id) && f.identity.same_inode(&identity))
+            .filter(|f| f.identity.same_content(&file).unwrap_or(false))
+            .max_by_key(|f| f.id)
+            .map(|f| (f.id, f.offset));
+        let (id, offset) = match known {
+            Some((id, offset)) if offset <= size => {
+                cp.set_path(id, path);
+                cp.set_released(id, detached);
+                (id, offset)
+            }
+            Some((id, offset)) => {
+                tracing::warn!(path = %path.display(), offset, size, "file is shorter than its checkpoint (truncated while chtail was down); reading it from the start");
+                cp.forget(id);
+                (cp.register(identity, path, 0), 0)
+            }
+            None => (cp.register(identity, path, 0), 0),
+        };
+        // Make sure the fingerprint on record describes what is there now.
+        cp.set_identity(id, identity);
+        drop(cp);
+        if offset > 0 {
+            tracing::info!(id = id.0, path = %path.display(), offset, size, "resuming file at its checkpoint");
+        } else {
+            tracing::info!(id = id.0, path = %path.display(), size, "tracking new file");
+        }
+        self.files.push(Tracked {
+            id,
+            path: Arc::from(path),
+            file,
+            identity,
+            splitter: LineSplitter::new(offset, self.cfg.max_line_bytes),
+            detached,
+            idle_since: None,
+            compressed: false,
+        });
+    }
+
+    /// Checkpointed files that no glob matched at start-up may have been
+    /// rotated to a name outside the globs while chtail was down: look for
+    /// them by identity in the sources' directories, and finish them.
+    fn find_moved_while_down(&mut self) {
+        let missing: Vec<_> = {
+            let cp = lock(&self.checkpoints);
+            let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+            cp.files()
+                .filter(|f| !tracked.contains(&f.id))
+                .map(|f| (f.id, f.identity, f.offset))
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let dirs: HashSet<PathBuf> = self.patterns.iter().map(|p| literal_dir(p)).collect();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if !meta.is_file() || is_compressed_name(&path) {
+                    continue;
+                }
+                let hit = missing.iter().find(|(_, id, offset)| {
+                    id.dev == meta.dev() && id.ino == meta.ino() && *offset < meta.len()
+                });
+                if hit.is_none() {
+                    continue;
+                }
+                if let Ok(file) = File::open(&path) {
+                    tracing::info!(path = %path.display(), "found a file rotated while chtail was down, with unread lines");
+                    self.track(file, &path, true);
+                }
+            }
+        }
+    }
+
+    /// Reads what is new in file `i`. True if anything was read.
+    fn read(&mut self, i: usize) -> Result<bool, Cancelled> {
+        let t = &mut self.files[i];
+        if t.compressed {
+            return Ok(false);
+        }
+        // Truncated or replaced in place (copytruncate): start again at 0.
+        let size = match t.file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                let path = t.path.to_path_buf();
+                self.log_error(&path, "cannot stat an open log file", &e);
+                return Ok(false);
+            }
+        };
+        let replaced = size < t.splitter.fed_offset()
+            || (t.splitter.fed_offset() > 0 && !t.identity.same_content(&t.file).unwrap_or(true));
+        if replaced {
+            self.restart_truncated(i);
+        }
+        let t = &mut self.files[i];
+        if t.identity.fp_len < identity::FINGERPRINT_MAX && size > t.identity.fp_len {
+            if let Ok(Some(longer)) = t.identity.lengthened(&t.file, size) {
+                t.identity = longer;
+                lock(&self.checkpoints).set_identity(t.id, longer);
+            }
+        }
+        let sink = Sink {
+            schema: &self.schema,
+            queue: &self.queue,
+            quarantine: &self.quarantine,
+            stats: &self.stats,
+            cancel: &self.control.cancel,
+            max_line: self.cfg.max_line_bytes,
+        };
+        let t = &mut self.files[i];
+        match read_file(t, &sink, &mut self.buf) {
+            Ok(progress) => {
+                if progress {
+                    t.idle_since = None;
+                } else if t.idle_since.is_none() {
+                    t.idle_since = Some(Instant::now());
+                }
+                Ok(progress)
+            }
+            Err(ReadError::Cancelled) => Err(Cancelled),
+            Err(ReadError::Io(e)) => {
+                let path = t.path.to_path_buf();
+                self.log_error(&path, "cannot read a log file", &e);
+                Ok(false)
+            }
+        }
+    }
+
+    fn restart_truncated(&mut self, i: usize) {
+        let t = &mut self.files[i];
+        let Ok(identity) = Identity::of(&t.file) else {
+            return;
+        };
+        tracing::warn!(id = t.id.0, path = %t.path.display(), offset = t.splitter.fed_offset(), "file was truncated or rewritten in place; reading it again from the start");
+        let mut cp = lock(&self.checkpoints);
+        cp.forget(t.id);
+        t.id = cp.register(identity, &t.path, 0);
+        t.identity = identity;
+        t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
+    }
+
+    /// Releases detached files that were read to their end.
+    fn release_finished(&mut self) -> Result<(), Cancelled> {
+        let mut i = 0;
+        while i < self.files.len() {
+            let t = &self.files[i];
+            let idle = t.idle_since.map(|s| s.elapsed());
+            let deleted = t.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
+            let done = t.detached
+                && idle.is_some()
+                && (deleted || idle >= Some(RELEASE_IDLE) || t.compressed);
+            if !done {
+                i += 1;
+                continue;
+            }
+            if t.splitter.pending() > 0 && idle >= Some(RELEASE_IDLE) {
+                // The writer left a last line without its newline and the
+                // file is gone from the sources: it will never complete.
+                let sink = self.sink();
+                flush_incomplete(&self.files[i], &sink)?;
+            } else if t.splitter.pending() > 0 {
+                i += 1;
+                continue;
+            }
+            let t = self.files.swap_remove(i);
+            tracing::info!(id = t.id.0, path = %t.path.display(), deleted, "finished a rotated file; released it");
+            lock(&self.checkpoints).set_released(t.id, true);
+        }
+        Ok(())
+    }
+}
+
+enum ReadError {
+    Cancelled,
+    Io(std::io::Error),
+}
+
+/// Builds one chunk of a file's consecutive lines.
+struct ChunkBuilder {
+    start: u64,
+    end: u64,
+    rows: Vec<RowMark>,
+    data: Vec<u8>,
+}
+
+impl ChunkBuilder {
+    fn new(at: u64) -> Self {
+        ChunkBuilder {
+            start: at,
+            end: at,
+            rows: Vec::new(),
+            data: Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 2)),
+        }
+    }
+
+    fn take(&mut self, t: &Tracked) -> Option<Chunk> {
+        if self.end == self.start {
+            return None;
+        }
+        let next = ChunkBuilder::new(self.end);
+        let done = std::mem::replace(self, next);
+        Some(Chunk {
+            file: t.id,
+            path: t.path.clone(),
+            start: done.start,
+            end: done.end,
+            rows: done.rows,
+            data: Bytes::from(done.data),
+        })
+    }
+}
+
+fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, ReadError> {
+    let mut builder = ChunkBuilder::new(t.splitter.emitted_offset());
+    let mut budget = buf.len() * 8;
+    let mut progress = false;
+    loop {
+        let at = t.splitter.fed_offset();
+        let n = t.file.read_at(buf, at).map_err(ReadError::Io)?;
+        if n == 0 {
+            break;
+        }
+        if at == 0 && has_compressed_magic(&buf[..n]) {
+            tracing::warn!(path = %t.path.display(), "file matched by a source is compressed; skipping it (point the glob at uncompressed files only)");
+            t.compressed = true;
+            return Ok(false);
+        }
+        progress = true;
+        sink.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        t.splitter.feed(&buf[..n]);
+        while let Some(piece) = t.splitter.next_piece() {
+            let end = piece.end();
+            handle_piece(piece, &t.path, sink, &mut builder);
+            builder.end = end;
+        }
+        if builder.data.len() >= CHUNK_BYTES {
+            if let Some(c) = builder.take(t) {
+                sink.queue.push(c, sink.cancel).map_err(|_| ReadError::Cancelled)?;
+            }
+        }
+        budget = budget.saturating_sub(n);
+        if budget == 0 {
+            break;
+        }
+    }
+    if let Some(c) = builder.take(t) {
+        sink.queue.push(c, sink.cancel).map_err(|_| ReadError::Cancelled)?;
+    }
+    Ok(progress)
+}
+
+fn handle_piece(piece: Piece<'_>, path: &Path, sink: &Sink<'_>, b: &mut ChunkBuilder) {
+    sink.stats.lines_read.fetch_add(1, Ordering::Relaxed);
+    match piece {
+        Piece::Line { start, line } => {
+            let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+            if start == 0 {
+                line = line.strip_prefix(BOM).unwrap_or(line);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return;
+            }
+            match sink.schema.encode_line(line, &mut b.data) {
+                Ok(()) => {
+                    b.rows.push(RowMark {
+                        offset: start,
+                        end: b.data.len() as u32,
+                    });
+                    sink.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(reject) => lock(sink.quarantine).put(path, start, &reject, line, false),
+            }
+        }
+        Piece::TooLong { start, len, head } => {
+            let reject = Reject::TooLong {
+                len,
+                max: sink.max_line,
+            };
+            lock(sink.quarantine).put(path, start, &reject, head, true);
+        }
+    }
+}
+
+/// Quarantines the unterminated last line of a released file and commits
+/// past it through an empty chunk, so its offset still advances in order.
+fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
+    let start = t.splitter.emitted_offset();
+    let end = t.splitter.fed_offset();
+    let mut head = vec![0u8; (end - start).min(lines::TOO_LONG_HEAD as u64) as usize];
+    let n = t.file.read_at(&mut head, start).unwrap_or(0);
+    head.truncate(n);
+    let reject = Reject::InvalidJson("incomplete last line (no newline) in a rotated file".into());
+    lock(sink.quarantine).put(&t.path, start, &reject, &head, n as u64 != end - start);
+    let chunk = Chunk {
+        file: t.id,
+        path: t.path.clone(),
+        start,
+        end,
+        rows: Vec::new(),
+        data: Bytes::new(),
+    };
+    sink.queue.push(chunk, sink.cancel)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is_compressed_name(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("gz" | "bz2" | "xz" | "zst" | "zip" | "lz4" | "Z")
+    )
+}
+
+fn has_compressed_magic(b: &[u8]) -> bool {
+    b.starts_with(&[0x1f, 0x8b])
+        || b.starts_with(b"BZh")
+        || b.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || b.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+}
+
+/// The directory part of a glob before its first wildcard.
+fn literal_dir(pattern: &str) -> PathBuf {
+    let mut dir = PathBuf::new();
+    for comp in Path::new(pattern).components() {
+        let s = comp.as_os_str().to_string_lossy();
+        if s.contains(['*', '?', '[']) {
+            break;
+        }
+        dir.push(comp);
+    }
+    if dir.as_os_str() == pattern {
+        dir.pop();
+    }
+    dir
+}
+
+/// Watches the sources' directories so that appends and new files wake the
+/// tailer at once. Best effort: without it, the poll still finds everything.
+fn watch(patterns: &[String], control: Control) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let names = matches!(
+                ev.kind,
+                EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            control.poke(names);
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for file changes; polling only");
+            return None;
+        }
+    };
+    let dirs: HashSet<PathBuf> = patterns.iter().map(|p| literal_dir(p)).collect();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory; polling it");
+        }
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_dirs() {
+        assert_eq!(literal_dir("/var/log/argus/events*.jsonl"), PathBuf::from("/var/log/argus"));
+        assert_eq!(literal_dir("/var/log/*/events.jsonl"), PathBuf::from("/var/log"));
+        assert_eq!(literal_dir("/var/log/argus/events.jsonl"), PathBuf::from("/var/log/argus"));
+    }
+
+    #[test]
+    fn compressed_files_are_recognised() {
+        assert!(is_compressed_name(Path::new("/l/events.jsonl.2.gz")));
+        assert!(!is_compressed_name(Path::new("/l/events.jsonl.1")));
+        assert!(has_compressed_magic(&[0x1f, 0x8b, 8]));
+        assert!(!has_compressed_magic(b"{\"a\":1}"));
+    }
+}
