@@ -128,7 +128,10 @@ mod tests {
             start,
             end,
             rows: (0..rows)
-                .map(|i| RowMark { offset: start, end: i as u32 + 1 })
+                .map(|i| RowMark {
+                    offset: start,
+                    end: i as u32 + 1,
+                })
                 .collect(),
             data: Bytes::from(vec![0u8; rows]),
         }
@@ -152,7 +155,17 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let task = tokio::spawn(run(q.clone(), limits(8, 1000), tx));
         let b = rx.recv().await.unwrap();
-        assert_eq!((b.rows, b.ranges()), (8, vec![Range { file: FileId(1), start: 0, end: 20 }]));
+        assert_eq!(
+            (b.rows, b.ranges()),
+            (
+                8,
+                vec![Range {
+                    file: FileId(1),
+                    start: 0,
+                    end: 20
+                }]
+            )
+        );
         let b = rx.recv().await.unwrap();
         assert_eq!(b.rows, 8);
         // One chunk left: it waits max_wait, then goes alone.
@@ -172,10 +185,21 @@ mod tests {
         b.push(chunk(2, 5, 9, 1));
         b.push(chunk(1, 10, 30, 1));
         let r = b.ranges();
-        assert_eq!(r, vec![
-            Range { file: FileId(1), start: 0, end: 30 },
-            Range { file: FileId(2), start: 5, end: 9 },
-        ]);
+        assert_eq!(
+            r,
+            vec![
+                Range {
+                    file: FileId(1),
+                    start: 0,
+                    end: 30
+                },
+                Range {
+                    file: FileId(2),
+                    start: 5,
+                    end: 9
+                },
+            ]
+        );
         assert_eq!(token(&r), token(&b.ranges()));
         assert_ne!(token(&r), token(&r[..1]));
     }

@@ -38,12 +38,17 @@ pub async fn check(config: &Config) -> usize {
             }
         };
         if paths.is_empty() {
-            println!("note     source {pattern}: no file matches yet (files that appear later are picked up)");
+            println!(
+                "note     source {pattern}: no file matches yet (files that appear later are picked up)"
+            );
         }
         for p in paths {
             match File::open(&p) {
                 Ok(_) => println!("ok       source {pattern}: {} is readable", p.display()),
-                Err(e) => bad(format!("source {pattern}: cannot read {}: {e}", p.display())),
+                Err(e) => bad(format!(
+                    "source {pattern}: cannot read {}: {e}",
+                    p.display()
+                )),
             }
         }
     }
@@ -53,7 +58,10 @@ pub async fn check(config: &Config) -> usize {
     let server = Server::new(ch);
     let version = match server.version().await {
         Ok(v) => {
-            println!("ok       ClickHouse {} at {} answers as user {}", v, ch.url, ch.user);
+            println!(
+                "ok       ClickHouse {} at {} answers as user {}",
+                v, ch.url, ch.user
+            );
             v
         }
         Err(f) => {
@@ -83,7 +91,9 @@ pub async fn check(config: &Config) -> usize {
             }
             columns = server.describe().await.ok().flatten();
         } else {
-            bad(format!("table {table} does not exist and create_table = false"));
+            bad(format!(
+                "table {table} does not exist and create_table = false"
+            ));
         }
     }
     if let Some(columns) = columns {
@@ -91,7 +101,11 @@ pub async fn check(config: &Config) -> usize {
             Ok(schema) => {
                 println!("ok       table {table}: JSON key -> column (type):");
                 for c in schema.columns() {
-                    let ty = &columns.iter().find(|d| d.name == c.name).map(|d| d.ty.clone()).unwrap_or_default();
+                    let ty = &columns
+                        .iter()
+                        .find(|d| d.name == c.name)
+                        .map(|d| d.ty.clone())
+                        .unwrap_or_default();
                     println!("           {} -> {} ({ty})", c.name, c.name);
                 }
             }
@@ -103,9 +117,13 @@ pub async fn check(config: &Config) -> usize {
         }
     }
     if version.has_dedup_token() {
-        println!("ok       the server accepts insert_deduplication_token; retried batches carry the same token");
+        println!(
+            "ok       the server accepts insert_deduplication_token; retried batches carry the same token"
+        );
     } else {
-        println!("note     ClickHouse {version} has no insert_deduplication_token: delivery is at-least-once (a batch retried after an unanswered insert may arrive twice)");
+        println!(
+            "note     ClickHouse {version} has no insert_deduplication_token: delivery is at-least-once (a batch retried after an unanswered insert may arrive twice)"
+        );
     }
     problems
 }

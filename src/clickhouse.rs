@@ -30,7 +30,11 @@ impl Version {
 
     /// `insert_deduplication_token` exists from 22.2 on (DESIGN.md §4).
     pub fn has_dedup_token(&self) -> bool {
-        *self >= Version { major: 22, minor: 2 }
+        *self
+            >= Version {
+                major: 22,
+                minor: 2,
+            }
     }
 
     /// Before 19.x, `LowCardinality` needs an experimental switch.
@@ -156,11 +160,23 @@ pub struct Described {
 
 impl Server {
     pub fn new(cfg: &config::ClickHouse) -> Server {
-        let client = Client::default()
+        use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+        // The crate's default HTTP client plus a connect timeout, so that an
+        // unreachable host fails fast instead of hanging a request. The pool
+        // idle time stays below ClickHouse's 3 s keep-alive, so an idle
+        // connection is never reused just as the server closes it.
+        let mut connector = HttpConnector::new();
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        let http = HyperClient::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build(connector);
+        // No session database: every statement names `database`.`table`, so
+        // a database that does not exist yet can still be created.
+        let client = Client::with_http_client(http)
             .with_url(&cfg.url)
             .with_user(&cfg.user)
             .with_password(cfg.password.expose())
-            .with_database(&cfg.database)
             .with_compression(if cfg.compression {
                 Compression::Lz4
             } else {
@@ -219,7 +235,8 @@ impl Server {
         );
         let text = match self.text(&sql, &[]).await {
             Ok(t) => t,
-            Err(f) if f.code == Some(60) => return Ok(None),
+            // Unknown table, or unknown database (then the table is missing too).
+            Err(f) if matches!(f.code, Some(60) | Some(81)) => return Ok(None),
             Err(f) => return Err(f),
         };
         Ok(Some(
@@ -278,10 +295,10 @@ impl Server {
         parts: Vec<bytes::Bytes>,
         token: Option<&str>,
     ) -> Result<(), Failure> {
-        let mut insert = self
-            .client
-            .insert_formatted_with(sql)
-            .with_timeouts(Some(self.cfg.request_timeout), Some(self.cfg.request_timeout));
+        let mut insert = self.client.insert_formatted_with(sql).with_timeouts(
+            Some(self.cfg.request_timeout),
+            Some(self.cfg.request_timeout),
+        );
         if let Some(t) = token {
             insert = insert.with_setting("insert_deduplication_token", t);
         }
@@ -390,11 +407,26 @@ mod tests {
     #[test]
     fn classes() {
         let bad = |t: &str| classify(&clickhouse::error::Error::BadResponse(t.into())).class;
-        assert_eq!(bad("Code: 27. DB::Exception: Cannot parse input"), Class::BadData);
-        assert_eq!(bad("Code: 516. DB::Exception: Authentication failed"), Class::Operator);
-        assert_eq!(bad("Code: 252. DB::Exception: Too many parts"), Class::Transient);
-        assert_eq!(bad("Code: 241. DB::Exception: Memory limit"), Class::Transient);
-        assert_eq!(classify(&clickhouse::error::Error::TimedOut).class, Class::Transient);
+        assert_eq!(
+            bad("Code: 27. DB::Exception: Cannot parse input"),
+            Class::BadData
+        );
+        assert_eq!(
+            bad("Code: 516. DB::Exception: Authentication failed"),
+            Class::Operator
+        );
+        assert_eq!(
+            bad("Code: 252. DB::Exception: Too many parts"),
+            Class::Transient
+        );
+        assert_eq!(
+            bad("Code: 241. DB::Exception: Memory limit"),
+            Class::Transient
+        );
+        assert_eq!(
+            classify(&clickhouse::error::Error::TimedOut).class,
+            Class::Transient
+        );
     }
 
     #[test]

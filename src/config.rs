@@ -384,7 +384,11 @@ impl Validator<'_> {
         match value.into_inner() {
             DeValue::Table(t) => self.deserialize(name, Spanned::new(span, t)),
             _ => {
-                self.problem(name, Some(span), "must be a table, e.g. [".to_string() + name + "]");
+                self.problem(
+                    name,
+                    Some(span),
+                    "must be a table, e.g. [".to_string() + name + "]",
+                );
                 None
             }
         }
@@ -478,7 +482,11 @@ impl Validator<'_> {
         match usize::try_from(*v.get_ref()) {
             Ok(n) if n > 0 => n,
             _ => {
-                self.problem(key, Some(v.span()), "must be a whole number above zero".into());
+                self.problem(
+                    key,
+                    Some(v.span()),
+                    "must be a whole number above zero".into(),
+                );
                 default
             }
         }
@@ -628,7 +636,11 @@ impl Validator<'_> {
             let span = s.paths.span();
             let paths = s.paths.into_inner();
             if paths.is_empty() {
-                self.problem("source.paths", Some(span.clone()), "must name at least one path or glob".into());
+                self.problem(
+                    "source.paths",
+                    Some(span.clone()),
+                    "must name at least one path or glob".into(),
+                );
             }
             for p in &paths {
                 if !p.starts_with('/') {
@@ -638,7 +650,11 @@ impl Validator<'_> {
                         format!("`{p}` must be an absolute path"),
                     );
                 } else if let Err(e) = glob::Pattern::new(p) {
-                    self.problem("source.paths", Some(span.clone()), format!("`{p}` is not a valid glob: {e}"));
+                    self.problem(
+                        "source.paths",
+                        Some(span.clone()),
+                        format!("`{p}` is not a valid glob: {e}"),
+                    );
                 }
             }
             out_sources.push(Source { paths });
@@ -648,7 +664,11 @@ impl Validator<'_> {
         let dir = match state.dir {
             Some(d) if d.get_ref().is_absolute() => d.into_inner(),
             Some(d) => {
-                self.problem("state.dir", Some(d.span()), "must be an absolute path".into());
+                self.problem(
+                    "state.dir",
+                    Some(d.span()),
+                    "must be an absolute path".into(),
+                );
                 PathBuf::new()
             }
             None => PathBuf::from("/var/lib/chtail"),
@@ -704,7 +724,11 @@ impl Validator<'_> {
         };
 
         let shutdown = Shutdown {
-            timeout: self.duration("shutdown.timeout", shutdown.timeout, Duration::from_secs(30)),
+            timeout: self.duration(
+                "shutdown.timeout",
+                shutdown.timeout,
+                Duration::from_secs(30),
+            ),
         };
 
         Config {
@@ -845,7 +869,10 @@ a = 1
         let problems = Config::parse(text).unwrap_err();
         let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let has = |needle: &str| shown.iter().any(|s| s.contains(needle));
-        assert!(has("line 4: `clickhouse.tabel`: unknown key (did you mean `table`?)"), "{shown:?}");
+        assert!(
+            has("line 4: `clickhouse.tabel`: unknown key (did you mean `table`?)"),
+            "{shown:?}"
+        );
         assert!(has("line 8: `source.pathz`: unknown key"), "{shown:?}");
         assert!(has("line 11: `batch.max_wait`"), "{shown:?}");
         assert!(has("line 12: `batch.max_rows`"), "{shown:?}");

@@ -73,9 +73,15 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         Err(e) => return Err(e.into()),
     };
     match &loaded {
-        Loaded::Fresh => tracing::info!(dir = %state_dir.display(), "no state yet; every matching file is read from its start"),
-        Loaded::Current => tracing::info!(dir = %state_dir.display(), files = checkpoints.files().count(), "state loaded"),
-        Loaded::Previous(why) => tracing::warn!(dir = %state_dir.display(), "state.json is unusable ({why}); resumed from the previous copy, so a few rows may be sent again"),
+        Loaded::Fresh => {
+            tracing::info!(dir = %state_dir.display(), "no state yet; every matching file is read from its start")
+        }
+        Loaded::Current => {
+            tracing::info!(dir = %state_dir.display(), files = checkpoints.files().count(), "state loaded")
+        }
+        Loaded::Previous(why) => {
+            tracing::warn!(dir = %state_dir.display(), "state.json is unusable ({why}); resumed from the previous copy, so a few rows may be sent again")
+        }
     }
 
     let server = Server::new(&config.clickhouse);
@@ -92,7 +98,11 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let stats = Arc::new(Stats::default());
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let quarantine = Arc::new(Mutex::new(Quarantine::new(&state_dir, stats.clone())));
-    let queue = Arc::new(Queue::new(config.queue.max_rows, config.queue.max_bytes, stats.clone()));
+    let queue = Arc::new(Queue::new(
+        config.queue.max_rows,
+        config.queue.max_bytes,
+        stats.clone(),
+    ));
     let (give_up_tx, give_up) = watch::channel(false);
 
     let inserter = Inserter {

@@ -84,7 +84,12 @@ impl Inserter {
             Ok(()) => true,
             Err(SendError::GaveUp) => false,
             Err(SendError::Bad(f)) => {
-                tracing::warn!(rows = batch.rows, code = f.code, "ClickHouse rejected a batch as bad data; splitting it to isolate the bad rows: {}", f.message);
+                tracing::warn!(
+                    rows = batch.rows,
+                    code = f.code,
+                    "ClickHouse rejected a batch as bad data; splitting it to isolate the bad rows: {}",
+                    f.message
+                );
                 self.bisect(batch, token.as_deref()).await
             }
         }
@@ -114,7 +119,13 @@ impl Inserter {
                     let offset = chunk.rows[r].offset;
                     let line = read_line_at(&chunk.path, offset);
                     let mut q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
-                    q.put(&chunk.path, offset, &Reject::Server(f.message), &line, false);
+                    q.put(
+                        &chunk.path,
+                        offset,
+                        &Reject::Server(f.message),
+                        &line,
+                        false,
+                    );
                 }
                 Err(SendError::Bad(_)) => {
                     let mid = a + (b - a) / 2;
@@ -143,10 +154,15 @@ impl Inserter {
             let failure = match result {
                 Ok(()) => {
                     if backoff.attempts() > 0 {
-                        tracing::info!(attempts = backoff.attempts() + 1, "ClickHouse accepts inserts again");
+                        tracing::info!(
+                            attempts = backoff.attempts() + 1,
+                            "ClickHouse accepts inserts again"
+                        );
                     }
                     self.stats.batches_inserted.fetch_add(1, Ordering::Relaxed);
-                    self.stats.rows_inserted.fetch_add(rows as u64, Ordering::Relaxed);
+                    self.stats
+                        .rows_inserted
+                        .fetch_add(rows as u64, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(f) => f,
@@ -204,7 +220,9 @@ impl Inserter {
         let saved = tokio::task::spawn_blocking(move || checkpoint::save(&dir, &snapshot)).await;
         match saved {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(dir = %self.state_dir.display(), error = %e, "cannot write the checkpoint; rows already inserted may be sent again after a restart"),
+            Ok(Err(e)) => {
+                tracing::error!(dir = %self.state_dir.display(), error = %e, "cannot write the checkpoint; rows already inserted may be sent again after a restart")
+            }
             Err(e) => tracing::error!(error = %e, "checkpoint writer failed"),
         }
     }

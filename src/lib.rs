@@ -28,16 +28,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
+pub mod check;
+pub mod checkpoint;
+pub mod clickhouse;
 pub mod config;
-pub mod tail;
+pub mod daemon;
+pub mod insert;
 pub mod parse;
 pub mod quarantine;
 pub mod queue;
-pub mod batch;
-pub mod clickhouse;
-pub mod insert;
-pub mod checkpoint;
 pub mod stats;
-pub mod daemon;
-pub mod check;
 pub mod status;
+pub mod tail;

@@ -1,5 +1,6 @@
 //! The `chtail` command: parse arguments, set up logging, hand over.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +13,11 @@ use chtail::config::Config;
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "chtail", version, about = "Ship a bot's JSON event log into ClickHouse")]
+#[command(
+    name = "chtail",
+    version,
+    about = "Ship a bot's JSON event log into ClickHouse"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,7 +110,10 @@ fn main() -> ExitCode {
             };
             match chtail::status::collect(&config) {
                 Ok(rows) if json => {
-                    println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
+                    );
                     ExitCode::SUCCESS
                 }
                 Ok(rows) => {
@@ -137,6 +145,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

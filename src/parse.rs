@@ -22,7 +22,10 @@ pub enum ColumnType {
     String,
     Float64,
     Float32,
-    Int { bits: u8, signed: bool },
+    Int {
+        bits: u8,
+        signed: bool,
+    },
     Bool,
     Nullable(Box<ColumnType>),
 }
@@ -48,14 +51,38 @@ impl ColumnType {
             "Float64" => ColumnType::Float64,
             "Float32" => ColumnType::Float32,
             "Bool" | "Boolean" => ColumnType::Bool,
-            "Int8" => ColumnType::Int { bits: 8, signed: true },
-            "Int16" => ColumnType::Int { bits: 16, signed: true },
-            "Int32" => ColumnType::Int { bits: 32, signed: true },
-            "Int64" => ColumnType::Int { bits: 64, signed: true },
-            "UInt8" => ColumnType::Int { bits: 8, signed: false },
-            "UInt16" => ColumnType::Int { bits: 16, signed: false },
-            "UInt32" => ColumnType::Int { bits: 32, signed: false },
-            "UInt64" => ColumnType::Int { bits: 64, signed: false },
+            "Int8" => ColumnType::Int {
+                bits: 8,
+                signed: true,
+            },
+            "Int16" => ColumnType::Int {
+                bits: 16,
+                signed: true,
+            },
+            "Int32" => ColumnType::Int {
+                bits: 32,
+                signed: true,
+            },
+            "Int64" => ColumnType::Int {
+                bits: 64,
+                signed: true,
+            },
+            "UInt8" => ColumnType::Int {
+                bits: 8,
+                signed: false,
+            },
+            "UInt16" => ColumnType::Int {
+                bits: 16,
+                signed: false,
+            },
+            "UInt32" => ColumnType::Int {
+                bits: 32,
+                signed: false,
+            },
+            "UInt64" => ColumnType::Int {
+                bits: 64,
+                signed: false,
+            },
             _ => return None,
         })
     }
@@ -172,8 +199,14 @@ pub enum Reject {
     InvalidUtf8,
     InvalidJson(String),
     NotAnObject,
-    WrongType { column: String, detail: String },
-    TooLong { len: u64, max: usize },
+    WrongType {
+        column: String,
+        detail: String,
+    },
+    TooLong {
+        len: u64,
+        max: usize,
+    },
     /// The server refused the row as bad data.
     Server(String),
 }
@@ -200,7 +233,10 @@ impl fmt::Display for Reject {
             Reject::NotAnObject => f.write_str("the line is JSON but not an object"),
             Reject::WrongType { column, detail } => write!(f, "column `{column}`: {detail}"),
             Reject::TooLong { len, max } => {
-                write!(f, "line of {len} bytes is longer than tail.max_line_bytes ({max})")
+                write!(
+                    f,
+                    "line of {len} bytes is longer than tail.max_line_bytes ({max})"
+                )
             }
             Reject::Server(e) => write!(f, "rejected by ClickHouse: {e}"),
         }
@@ -420,7 +456,10 @@ mod tests {
     fn missing_fields_take_defaults_and_numbers_fill_strings() {
         let mut out = Vec::new();
         schema()
-            .encode_line(br#"{"event":"interaction","guild_id":42,"duration_ms":null}"#, &mut out)
+            .encode_line(
+                br#"{"event":"interaction","guild_id":42,"duration_ms":null}"#,
+                &mut out,
+            )
             .unwrap();
         let mut want = Vec::new();
         string(&mut want, "");
@@ -436,7 +475,8 @@ mod tests {
     fn escapes_are_decoded() {
         let s = Schema::new(&[("command".into(), "String".into())]).unwrap();
         let mut out = Vec::new();
-        s.encode_line(br#"{"command":"a\"b\u00e9\n"}"#, &mut out).unwrap();
+        s.encode_line(br#"{"command":"a\"b\u00e9\n"}"#, &mut out)
+            .unwrap();
         let mut want = Vec::new();
         string(&mut want, "a\"bé\n");
         assert_eq!(out, want);
@@ -457,7 +497,12 @@ mod tests {
         for (line, kind) in cases {
             let mut out = vec![7];
             let err = s.encode_line(line, &mut out).unwrap_err();
-            assert_eq!(err.kind(), *kind, "{:?}: {err}", String::from_utf8_lossy(line));
+            assert_eq!(
+                err.kind(),
+                *kind,
+                "{:?}: {err}",
+                String::from_utf8_lossy(line)
+            );
             assert_eq!(out, vec![7]);
         }
     }
@@ -468,13 +513,19 @@ mod tests {
         let close = "]".repeat(100_000);
         // Under a key chtail ignores: skipped, the row still goes in.
         let ignored = format!("{{\"x\":{open}{close},\"event\":\"e\"}}");
-        schema().encode_line(ignored.as_bytes(), &mut Vec::new()).unwrap();
+        schema()
+            .encode_line(ignored.as_bytes(), &mut Vec::new())
+            .unwrap();
         // As the line itself: not an object.
         let top = format!("{open}{close}");
-        let err = schema().encode_line(top.as_bytes(), &mut Vec::new()).unwrap_err();
+        let err = schema()
+            .encode_line(top.as_bytes(), &mut Vec::new())
+            .unwrap_err();
         assert_eq!(err.kind(), "not_an_object");
         // Unbalanced: invalid.
-        let err = schema().encode_line(format!("{{\"x\":{open}}}").as_bytes(), &mut Vec::new()).unwrap_err();
+        let err = schema()
+            .encode_line(format!("{{\"x\":{open}}}").as_bytes(), &mut Vec::new())
+            .unwrap_err();
         assert_eq!(err.kind(), "invalid_json");
     }
 
@@ -487,7 +538,8 @@ mod tests {
         ])
         .unwrap();
         let mut out = Vec::new();
-        s.encode_line(br#"{"a":255,"b":-32768,"c":null}"#, &mut out).unwrap();
+        s.encode_line(br#"{"a":255,"b":-32768,"c":null}"#, &mut out)
+            .unwrap();
         assert_eq!(out, vec![255, 0x00, 0x80, 1]);
         assert!(s.encode_line(br#"{"a":256}"#, &mut Vec::new()).is_err());
         assert!(s.encode_line(br#"{"b":40000}"#, &mut Vec::new()).is_err());
@@ -497,7 +549,10 @@ mod tests {
     #[test]
     fn unsupported_types_are_named() {
         let err = Schema::new(&[("x".into(), "Array(UUID)".into())]).unwrap_err();
-        assert_eq!(err[0].to_string(), "column `x` has type `Array(UUID)`, which chtail cannot encode yet");
+        assert_eq!(
+            err[0].to_string(),
+            "column `x` has type `Array(UUID)`, which chtail cannot encode yet"
+        );
     }
 
     proptest! {

@@ -92,7 +92,10 @@ impl Quarantine {
             std::fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
         }
         if self.file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = f.metadata()?.len();
             self.file = Some(f);
         }
@@ -104,7 +107,10 @@ impl Quarantine {
 
     fn log(&mut self, file: &str, offset: u64, reason: &Reject) {
         let now = Instant::now();
-        if self.last_log.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < LOG_EVERY)
+        {
             self.unlogged += 1;
             return;
         }
@@ -125,7 +131,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -156,11 +166,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stats = std::sync::Arc::new(Stats::default());
         let mut q = Quarantine::new(dir.path(), stats.clone());
-        q.put(Path::new("/log/a.jsonl"), 42, &Reject::NotAnObject, b"[1]", false);
-        q.put(Path::new("/log/a.jsonl"), 46, &Reject::InvalidUtf8, b"\xff", false);
+        q.put(
+            Path::new("/log/a.jsonl"),
+            42,
+            &Reject::NotAnObject,
+            b"[1]",
+            false,
+        );
+        q.put(
+            Path::new("/log/a.jsonl"),
+            46,
+            &Reject::InvalidUtf8,
+            b"\xff",
+            false,
+        );
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        let rows: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0]["file"], "/log/a.jsonl");
         assert_eq!(rows[0]["offset"], 42);

@@ -45,8 +45,16 @@ impl Chunk {
 
     /// Encoded bytes of rows `from..to`.
     pub fn row_bytes(&self, from: usize, to: usize) -> Bytes {
-        let start = if from == 0 { 0 } else { self.rows[from - 1].end as usize };
-        let end = if to == 0 { 0 } else { self.rows[to - 1].end as usize };
+        let start = if from == 0 {
+            0
+        } else {
+            self.rows[from - 1].end as usize
+        };
+        let end = if to == 0 {
+            0
+        } else {
+            self.rows[to - 1].end as usize
+        };
         self.data.slice(start..end)
     }
 }
@@ -146,8 +154,12 @@ impl Queue {
     }
 
     fn publish(&self, inner: &Inner) {
-        self.stats.queue_rows.store(inner.rows as u64, Ordering::Relaxed);
-        self.stats.queue_bytes.store(inner.bytes as u64, Ordering::Relaxed);
+        self.stats
+            .queue_rows
+            .store(inner.rows as u64, Ordering::Relaxed);
+        self.stats
+            .queue_bytes
+            .store(inner.bytes as u64, Ordering::Relaxed);
     }
 }
 

@@ -16,7 +16,11 @@ pub enum Piece<'a> {
     Line { start: u64, line: &'a [u8] },
     /// A line longer than the limit: `len` bytes including `\n`, of which
     /// `head` are the first.
-    TooLong { start: u64, len: u64, head: &'a [u8] },
+    TooLong {
+        start: u64,
+        len: u64,
+        head: &'a [u8],
+    },
 }
 
 impl Piece<'_> {

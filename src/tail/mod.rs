@@ -532,7 +532,9 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
         }
         if builder.data.len() >= CHUNK_BYTES {
             if let Some(c) = builder.take(t) {
-                sink.queue.push(c, sink.cancel).map_err(|_| ReadError::Cancelled)?;
+                sink.queue
+                    .push(c, sink.cancel)
+                    .map_err(|_| ReadError::Cancelled)?;
             }
         }
         budget = budget.saturating_sub(n);
@@ -541,7 +543,9 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
         }
     }
     if let Some(c) = builder.take(t) {
-        sink.queue.push(c, sink.cancel).map_err(|_| ReadError::Cancelled)?;
+        sink.queue
+            .push(c, sink.cancel)
+            .map_err(|_| ReadError::Cancelled)?;
     }
     Ok(progress)
 }
@@ -641,7 +645,9 @@ fn watch(patterns: &[String], control: Control) -> Option<notify::RecommendedWat
         if let Ok(ev) = res {
             let names = matches!(
                 ev.kind,
-                EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
             );
             control.poke(names);
         }
@@ -668,9 +674,18 @@ mod tests {
 
     #[test]
     fn literal_dirs() {
-        assert_eq!(literal_dir("/var/log/argus/events*.jsonl"), PathBuf::from("/var/log/argus"));
-        assert_eq!(literal_dir("/var/log/*/events.jsonl"), PathBuf::from("/var/log"));
-        assert_eq!(literal_dir("/var/log/argus/events.jsonl"), PathBuf::from("/var/log/argus"));
+        assert_eq!(
+            literal_dir("/var/log/argus/events*.jsonl"),
+            PathBuf::from("/var/log/argus")
+        );
+        assert_eq!(
+            literal_dir("/var/log/*/events.jsonl"),
+            PathBuf::from("/var/log")
+        );
+        assert_eq!(
+            literal_dir("/var/log/argus/events.jsonl"),
+            PathBuf::from("/var/log/argus")
+        );
     }
 
     #[test]

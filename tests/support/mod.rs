@@ -1,0 +1,439 @@
+//! Test support: a private ClickHouse server, chtail as a real process, and
+//! log directories with the bot's way of writing and rotating.
+//!
+//! The server is Debian's `clickhouse-server` (installed by `.ci/run` if
+//! missing), or a modern `clickhouse` binary if one is on PATH. It listens on
+//! free loopback ports with a temporary data directory, and a watchdog stops
+//! it when the test process ends, however it ends.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A private ClickHouse server.
+pub struct ClickHouse {
+    pub http_port: u16,
+    tcp_port: u16,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The shared server for tests that do not stop it.
+pub fn shared() -> &'static ClickHouse {
+    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
+    SERVER.get_or_init(ClickHouse::start)
+}
+
+impl ClickHouse {
+    pub fn start() -> ClickHouse {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut ch = ClickHouse {
+            http_port: free_port(),
+            tcp_port: free_port(),
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+        };
+        ch.write_config();
+        ch.spawn();
+        ch
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.display();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/server.err.log</errorlog><console>0</console></logger>
+  <http_port>{http}</http_port>
+  <tcp_port>{tcp}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+"#,
+            http = self.http_port,
+            tcp = self.tcp_port,
+        );
+        let users = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users>
+    <default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default>
+    <writer><password>s3cret-pw</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></writer>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+"#;
+        std::fs::write(self.dir.join("config.xml"), config).expect("write config");
+        std::fs::write(self.dir.join("users.xml"), users).expect("write users");
+    }
+
+    fn spawn(&mut self) {
+        let config = self.dir.join("config.xml");
+        let server = if which("clickhouse") {
+            format!("clickhouse server --config-file={}", config.display())
+        } else if which("clickhouse-server") {
+            format!("clickhouse-server --config-file={}", config.display())
+        } else {
+            panic!(
+                "no ClickHouse server: install Debian's clickhouse-server (the README's test command does)"
+            );
+        };
+        // The watchdog stops the server when this test process is gone,
+        // even if it panicked or was killed.
+        let script = format!(
+            "{server} >{d}/stdout 2>&1 & s=$!; \
+             trap 'kill $s; wait $s; exit 0' TERM; \
+             while kill -0 {me} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.5; done; \
+             kill $s 2>/dev/null; wait $s",
+            d = self.dir.display(),
+            me = std::process::id()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start clickhouse");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.try_query("SELECT 1").is_ok_and(|r| r.trim() == "1") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.err.log")).unwrap_or_default();
+        panic!(
+            "ClickHouse did not start on port {}:\n{log}",
+            self.http_port
+        );
+    }
+
+    /// Stops the server (its data stays); `resume` starts it again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        // The port is free once nothing answers.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_query("SELECT 1").is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
+
+    /// Runs a query; panics on failure.
+    pub fn query(&self, sql: &str) -> String {
+        self.try_query(sql)
+            .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"))
+    }
+
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
+        http_post(self.http_port, "/", sql.as_bytes())
+    }
+
+    /// `SELECT count()` etc. as a number.
+    pub fn number(&self, sql: &str) -> u64 {
+        let out = self.query(sql);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql:?} returned {out:?}"))
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A plain HTTP/1.0 POST (no chunked replies), enough for tests.
+pub fn http_post(port: u16, path: &str, body: &[u8]) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
+    }
+}
+
+fn which(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A test's own directories, database and config.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub logs: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub database: String,
+}
+
+impl Env {
+    /// `extra` is appended to the config (e.g. a `[batch]` section).
+    pub fn new(ch: &ClickHouse, name: &str, glob: &str, extra: &str) -> Env {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let logs = tmp.path().join("logs");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(&logs).unwrap();
+        let database = format!("t_{name}");
+        ch.query(&format!("DROP DATABASE IF EXISTS {database}"));
+        let config = tmp.path().join("chtail.toml");
+        let text = format!(
+            r#"[clickhouse]
+url = "{url}"
+database = "{database}"
+retry_initial_backoff = "50ms"
+retry_max_backoff = "500ms"
+request_timeout = "10s"
+
+[[source]]
+paths = ["{logs}/{glob}"]
+
+[state]
+dir = "{state}"
+
+{tail}
+
+{extra}
+"#,
+            tail = if extra.contains("[tail]") {
+                ""
+            } else {
+                "[tail]\npoll_interval = \"200ms\""
+            },
+            url = ch.url(),
+            logs = logs.display(),
+            state = state.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Env {
+            tmp,
+            logs,
+            state,
+            config,
+            database,
+        }
+    }
+
+    pub fn table(&self) -> String {
+        format!("{}.argus_events", self.database)
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(name)
+    }
+
+    pub fn start(&self) -> Chtail {
+        Chtail::start(&self.config, &self.tmp.path().join("chtail.log"))
+    }
+}
+
+/// One event line; `seq` makes each line unique (it goes into `ts`).
+pub fn event(seq: u64) -> String {
+    let (event, extra) = if seq % 3 == 0 {
+        ("interaction", String::new())
+    } else {
+        (
+            "app_command",
+            format!(
+                r#", "command": "cmd{}", "duration_ms": {}.5"#,
+                seq % 5,
+                seq % 100
+            ),
+        )
+    };
+    format!(
+        r#"{{"ts": "2026-11-22T10:00:00.{seq:06}+00:00", "event": "{event}", "guild_id": "{}", "type": "application_command"{extra}, "seq": {seq}}}"#,
+        seq % 7
+    )
+}
+
+/// Appends events `from..to` to `path`, one write per line as a logger would.
+pub fn append(path: &Path, from: u64, to: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let mut buf = String::new();
+    for seq in from..to {
+        buf.push_str(&event(seq));
+        buf.push('\n');
+        if buf.len() > 64 << 10 {
+            f.write_all(buf.as_bytes()).unwrap();
+            buf.clear();
+        }
+    }
+    f.write_all(buf.as_bytes()).unwrap();
+}
+
+pub fn append_raw(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// Waits until `f` holds, or panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// chtail as a real process.
+pub struct Chtail {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Chtail {
+    pub fn start(config: &Path, log: &Path) -> Chtail {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_chtail"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("CHTAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start chtail");
+        Chtail {
+            child: Some(child),
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, then the exit status (panics if it does not exit in time).
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(within)
+    }
+
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "chtail did not exit within {within:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Chtail {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- chtail log ({}) ---\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// Rows in the table and how many distinct events among them.
+pub fn count_and_unique(ch: &ClickHouse, table: &str) -> (u64, u64) {
+    let out = ch.query(&format!("SELECT count(), uniqExact(ts) FROM {table}"));
+    let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Rows in `table`, 0 if it does not exist yet.
+pub fn count(ch: &ClickHouse, table: &str) -> u64 {
+    ch.try_query(&format!("SELECT count() FROM {table}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
