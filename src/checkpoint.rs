@@ -179,10 +179,10 @@ impl Checkpoints {
     }
 
     pub fn set_path(&mut self, id: FileId, path: &Path) {
-        if let Some(f) = self.files.get_mut(&id) {
-            if f.path != path {
-                f.path = path.to_owned();
-            }
+        if let Some(f) = self.files.get_mut(&id)
+            && f.path != path
+        {
+            f.path = path.to_owned();
         }
     }
 

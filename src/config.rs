@@ -849,6 +849,16 @@ timeout = "30s"
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_states_the_defaults() {
+        let example = Config::parse(include_str!("../config.example.toml")).expect("valid");
+        let minimal = Config::parse(
+            "[clickhouse]\nurl = \"http://127.0.0.1:8123\"\n[[source]]\npaths = [\"/var/log/argus/events*.jsonl\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(format!("{example:?}"), format!("{minimal:?}"));
+    }
+
+    #[test]
     fn every_problem_is_reported_with_key_and_line() {
         let text = r#"
 [clickhouse]

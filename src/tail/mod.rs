@@ -390,11 +390,12 @@ impl Tailer {
             self.restart_truncated(i);
         }
         let t = &mut self.files[i];
-        if t.identity.fp_len < identity::FINGERPRINT_MAX && size > t.identity.fp_len {
-            if let Ok(Some(longer)) = t.identity.lengthened(&t.file, size) {
-                t.identity = longer;
-                lock(&self.checkpoints).set_identity(t.id, longer);
-            }
+        if t.identity.fp_len < identity::FINGERPRINT_MAX
+            && size > t.identity.fp_len
+            && let Ok(Some(longer)) = t.identity.lengthened(&t.file, size)
+        {
+            t.identity = longer;
+            lock(&self.checkpoints).set_identity(t.id, longer);
         }
         let sink = Sink {
             schema: &self.schema,
@@ -530,12 +531,12 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             handle_piece(piece, &t.path, sink, &mut builder);
             builder.end = end;
         }
-        if builder.data.len() >= CHUNK_BYTES {
-            if let Some(c) = builder.take(t) {
-                sink.queue
-                    .push(c, sink.cancel)
-                    .map_err(|_| ReadError::Cancelled)?;
-            }
+        if builder.data.len() >= CHUNK_BYTES
+            && let Some(c) = builder.take(t)
+        {
+            sink.queue
+                .push(c, sink.cancel)
+                .map_err(|_| ReadError::Cancelled)?;
         }
         budget = budget.saturating_sub(n);
         if budget == 0 {

@@ -279,7 +279,7 @@ dir = "{state}"
 
 /// One event line; `seq` makes each line unique (it goes into `ts`).
 pub fn event(seq: u64) -> String {
-    let (event, extra) = if seq % 3 == 0 {
+    let (event, extra) = if seq.is_multiple_of(3) {
         ("interaction", String::new())
     } else {
         (

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test.
+#   tests/run.sh            # unit, property and end-to-end tests
+# The end-to-end tests start their own ClickHouse servers on free loopback
+# ports; nothing may be listening on 8123 for them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v clickhouse-server >/dev/null 2>&1 || command -v clickhouse >/dev/null 2>&1 || need_apt+=(clickhouse-server)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  # The package's maintainer scripts try to start the service; tests start
+  # their own servers, so a failure to start one here is harmless.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREADS:-4}"
