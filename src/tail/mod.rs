@@ -117,6 +117,9 @@ pub struct Tailer {
     buf: Vec<u8>,
     last_discovery: Option<Instant>,
     error_logged: HashMap<PathBuf, Instant>,
+    /// Files found truncated in place, by their old id: how far they had
+    /// been handed out, so that their rotated copy resumes there.
+    ghosts: HashMap<FileId, u64>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -152,6 +155,7 @@ impl Tailer {
             files: Vec::new(),
             last_discovery: None,
             error_logged: HashMap::new(),
+            ghosts: HashMap::new(),
             _watcher: watcher,
         }
     }
@@ -275,6 +279,7 @@ impl Tailer {
         }
         if startup {
             self.find_moved_while_down();
+            self.release_unmatched();
         }
     }
 
@@ -285,16 +290,34 @@ impl Tailer {
             Ok(i) => i,
             Err(e) => return self.log_error(path, "cannot read a log file", &e),
         };
+        if self.files.iter().any(|t| t.identity.same_inode(&identity)) {
+            return; // already read through another name
+        }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut cp = lock(&self.checkpoints);
         let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        let mut cp = lock(&self.checkpoints);
+        // The same file, seen before: same inode, same first bytes.
         let known = cp
             .files()
             .filter(|f| !tracked.contains(&f.id) && f.identity.same_inode(&identity))
             .filter(|f| f.identity.same_content(&file).unwrap_or(false))
             .max_by_key(|f| f.id)
             .map(|f| (f.id, f.offset));
-        let (id, offset) = match known {
+        // A copy of a known file (copytruncate's rotated copy): another
+        // inode starting with the same bytes.
+        let copy_of = || {
+            cp.files()
+                .filter(|f| !f.identity.same_inode(&identity))
+                .filter(|f| f.identity.fp_len > 0 && f.identity.fp_len <= size)
+                .filter(|f| f.identity.same_content(&file).unwrap_or(false))
+                // At least one whole line in common: a line carries its
+                // event's time and data, two files do not share one by chance.
+                .filter(|f| prefix_has_newline(&file, f.identity.fp_len))
+                .max_by_key(|f| f.offset)
+                .map(|f| (f.id, f.offset, f.path.clone()))
+        };
+        let mut skip_original: Option<FileId> = None;
+        let (id, read_from) = match known {
             Some((id, offset)) if offset <= size => {
                 cp.set_path(id, path);
                 cp.set_released(id, detached);
@@ -305,13 +328,42 @@ impl Tailer {
                 cp.forget(id);
                 (cp.register(identity, path, 0), 0)
             }
-            None => (cp.register(identity, path, 0), 0),
+            None => match copy_of() {
+                Some((original, committed, original_path)) => {
+                    // Lines the original already handed out need not be read
+                    // again from the copy; the copy's checkpoint starts at
+                    // what is committed, so a crash re-sends rather than loses.
+                    let handed_out = self
+                        .files
+                        .iter()
+                        .find(|t| t.id == original)
+                        .map(|t| t.splitter.emitted_offset())
+                        .or_else(|| self.ghosts.get(&original).copied())
+                        .unwrap_or(committed);
+                    let read_from = handed_out.max(committed).min(size);
+                    tracing::info!(path = %path.display(), original = %original_path.display(), offset = read_from, "file is a copy of one already read (copytruncate); reading only what was not read from the original");
+                    skip_original = Some(original);
+                    (cp.register(identity, path, committed.min(read_from)), read_from)
+                }
+                None => (cp.register(identity, path, 0), 0),
+            },
         };
         // Make sure the fingerprint on record describes what is there now.
         cp.set_identity(id, identity);
         drop(cp);
-        if offset > 0 {
-            tracing::info!(id = id.0, path = %path.display(), offset, size, "resuming file at its checkpoint");
+        if let Some(original) = skip_original {
+            // The original, not yet truncated, holds the same bytes: let it
+            // skip what the copy will ship, so nothing is read twice.
+            let copied_to = last_line_end(&file, read_from, size);
+            if let Some(t) = self.files.iter_mut().find(|t| t.id == original)
+                && t.splitter.emitted_offset() < copied_to
+                && t.identity.same_content(&t.file).unwrap_or(false)
+            {
+                t.splitter = LineSplitter::new(copied_to, self.cfg.max_line_bytes);
+            }
+        }
+        if read_from > 0 {
+            tracing::info!(id = id.0, path = %path.display(), offset = read_from, size, "resuming file");
         } else {
             tracing::info!(id = id.0, path = %path.display(), size, "tracking new file");
         }
@@ -320,11 +372,26 @@ impl Tailer {
             path: Arc::from(path),
             file,
             identity,
-            splitter: LineSplitter::new(offset, self.cfg.max_line_bytes),
+            splitter: LineSplitter::new(read_from, self.cfg.max_line_bytes),
             detached,
             idle_since: None,
             compressed: false,
         });
+    }
+
+    /// Checkpoint entries that matched no file at start-up belong to files
+    /// that are gone: mark them released so they are pruned in time.
+    fn release_unmatched(&mut self) {
+        let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        let mut cp = lock(&self.checkpoints);
+        let gone: Vec<FileId> = cp
+            .files()
+            .filter(|f| !tracked.contains(&f.id) && f.released_at.is_none())
+            .map(|f| f.id)
+            .collect();
+        for id in gone {
+            cp.set_released(id, true);
+        }
     }
 
     /// Checkpointed files that no glob matched at start-up may have been
@@ -355,13 +422,21 @@ impl Tailer {
                 if !meta.is_file() || is_compressed_name(&path) {
                     continue;
                 }
-                let hit = missing.iter().find(|(_, id, offset)| {
+                let already = self
+                    .files
+                    .iter()
+                    .any(|t| (t.identity.dev, t.identity.ino) == (meta.dev(), meta.ino()));
+                let Some((_, identity, _)) = missing.iter().find(|(_, id, offset)| {
                     id.dev == meta.dev() && id.ino == meta.ino() && *offset < meta.len()
-                });
-                if hit.is_none() {
+                }) else {
+                    continue;
+                };
+                if already {
                     continue;
                 }
-                if let Ok(file) = File::open(&path) {
+                if let Ok(file) = File::open(&path)
+                    && identity.same_content(&file).unwrap_or(false)
+                {
                     tracing::info!(path = %path.display(), "found a file rotated while chtail was down, with unread lines");
                     self.track(file, &path, true);
                 }
@@ -430,8 +505,12 @@ impl Tailer {
             return;
         };
         tracing::warn!(id = t.id.0, path = %t.path.display(), offset = t.splitter.fed_offset(), "file was truncated or rewritten in place; reading it again from the start");
+        // The old entry stays (released) so that the rotated copy, if a
+        // source matches it, is recognised and resumed where reading stopped;
+        // chunks of the old content still in flight commit to it.
         let mut cp = lock(&self.checkpoints);
-        cp.forget(t.id);
+        cp.set_released(t.id, true);
+        self.ghosts.insert(t.id, t.splitter.emitted_offset());
         t.id = cp.register(identity, &t.path, 0);
         t.identity = identity;
         t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
@@ -602,6 +681,24 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
         data: Bytes::new(),
     };
     sink.queue.push(chunk, sink.cancel)
+}
+
+fn prefix_has_newline(file: &File, len: u64) -> bool {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0).is_ok() && buf.contains(&b'\n')
+}
+
+/// The offset just past the last `\n` in `from..size`, or `from`.
+fn last_line_end(file: &File, from: u64, size: u64) -> u64 {
+    let start = size.saturating_sub(64 << 10).max(from);
+    let mut buf = vec![0u8; (size - start) as usize];
+    match file.read_exact_at(&mut buf, start) {
+        Ok(()) => buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(from, |i| start + i as u64 + 1),
+        Err(_) => from,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -437,3 +437,13 @@ pub fn count(ch: &ClickHouse, table: &str) -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
 }
+
+pub const SHORT: Duration = Duration::from_secs(60);
+
+/// Waits for `n` rows, then checks there are exactly `n`, all distinct.
+pub fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
+    wait_until(SHORT, &format!("{n} rows in {table}"), || count(ch, table) >= n);
+    // Give a wrong extra batch time to show up before judging.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(count_and_unique(ch, table), (n, n), "rows and distinct events in {table}");
+}

@@ -1,29 +1,13 @@
-//! End-to-end tests: chtail as a real process against a real ClickHouse.
-//!
-//! Each test asserts what an operator would check: rows in ClickHouse,
-//! offsets on disk, exit codes.
-
-mod support;
+//! Delivery: every event arrives once, through restarts, drains, outages
+//! and bad input.
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::{ClickHouse, append, append_raw, count, count_and_unique, shared, wait_until};
-
-const SHORT: Duration = Duration::from_secs(60);
-
-fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
-    wait_until(SHORT, &format!("{n} rows in {table}"), || {
-        count(ch, table) >= n
-    });
-    // Give a wrong extra batch time to show up before judging.
-    std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(
-        count_and_unique(ch, table),
-        (n, n),
-        "rows and distinct events in {table}"
-    );
-}
+use crate::support::{
+    self, ClickHouse, SHORT, append, append_raw, count, count_and_unique, expect_rows, shared,
+    wait_until,
+};
 
 #[test]
 fn events_across_several_files_arrive_exactly_once_with_their_values() {

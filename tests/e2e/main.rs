@@ -1,0 +1,11 @@
+//! The integration tests: one binary, one module per concern.
+//!
+//! Each test asserts what an operator would check: rows in ClickHouse,
+//! offsets on disk, exit codes, or (for the tailer model) every line
+//! delivered exactly once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod delivery;
+mod model;
