@@ -55,6 +55,9 @@ const RELEASE_IDLE: Duration = Duration::from_secs(10);
 /// Errors about one path are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+/// How long a new file under a full fingerprint must keep its size before
+/// it is tracked.
+const SETTLE_NEW: Duration = Duration::from_millis(200);
 
 /// The stop signal and the wake-ups for the tailer thread.
 #[derive(Clone)]
@@ -120,6 +123,8 @@ pub struct Tailer {
     /// Files found truncated in place, by their old id: how far they had
     /// been handed out, so that their rotated copy resumes there.
     ghosts: HashMap<FileId, u64>,
+    /// New small files not tracked yet: size at first look at that size.
+    unsettled: HashMap<(u64, u64), (u64, Instant)>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -156,6 +161,7 @@ impl Tailer {
             last_discovery: None,
             error_logged: HashMap::new(),
             ghosts: HashMap::new(),
+            unsettled: HashMap::new(),
             _watcher: watcher,
         }
     }
@@ -225,6 +231,7 @@ impl Tailer {
     fn discover(&mut self, startup: bool) {
         self.last_discovery = Some(Instant::now());
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut settling = HashMap::new();
         let mut found: Vec<PathBuf> = Vec::new();
         for pattern in &self.patterns {
             match glob::glob(pattern) {
@@ -266,11 +273,26 @@ impl Tailer {
                 }
                 continue;
             }
+            // A small new file may be a copy still being written
+            // (copytruncate): judge its identity once it stops growing or has
+            // a full fingerprint. Until then it has little or nothing to ship.
+            if meta.len() < identity::FINGERPRINT_MAX {
+                let now = Instant::now();
+                let seen = match self.unsettled.get(&key) {
+                    Some(&(size, since)) if size == meta.len() => since,
+                    _ => now,
+                };
+                settling.insert(key, (meta.len(), seen));
+                if meta.len() == 0 || now.duration_since(seen) < SETTLE_NEW {
+                    continue;
+                }
+            }
             match File::open(&path) {
                 Ok(file) => self.track(file, &path, false),
                 Err(e) => self.log_error(&path, "cannot open a log file", &e),
             }
         }
+        self.unsettled = settling;
         for t in &mut self.files {
             if !t.detached && !seen.contains(&(t.identity.dev, t.identity.ino)) {
                 tracing::info!(id = t.id.0, path = %t.path.display(), "file no longer matches a source (rotated or deleted); reading it to its end");
@@ -296,13 +318,24 @@ impl Tailer {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
         let mut cp = lock(&self.checkpoints);
-        // The same file, seen before: same inode, same first bytes.
-        let known = cp
+        // The same file, seen before: same inode, same first bytes. An
+        // entry taken while its file was empty proves nothing (the inode may
+        // have been freed and reused since): it only matches if nothing else
+        // does, and then the file is read from its start anyway.
+        let same_inode: Vec<(FileId, u64, u64)> = cp
             .files()
             .filter(|f| !tracked.contains(&f.id) && f.identity.same_inode(&identity))
             .filter(|f| f.identity.same_content(&file).unwrap_or(false))
-            .max_by_key(|f| f.id)
-            .map(|f| (f.id, f.offset));
+            .map(|f| (f.id, f.offset, f.identity.fp_len))
+            .collect();
+        for (id, _, _) in same_inode.iter().filter(|(_, _, fp)| *fp == 0) {
+            cp.forget(*id);
+        }
+        let known = same_inode
+            .iter()
+            .filter(|(_, _, fp)| *fp > 0)
+            .max_by_key(|(id, _, _)| *id)
+            .map(|(id, offset, _)| (*id, *offset));
         // A copy of a known file (copytruncate's rotated copy): another
         // inode starting with the same bytes.
         let copy_of = || {

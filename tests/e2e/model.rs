@@ -210,6 +210,17 @@ impl Harness {
         }
     }
 
+    /// `.1` becomes `.2`. Renaming over an existing `.2` deletes it, and
+    /// deleting unread lines loses them by definition: settle first.
+    fn shift_rotated(&mut self) {
+        if self.rotated(1).exists() {
+            if self.rotated(2).exists() {
+                self.settle();
+            }
+            std::fs::rename(self.rotated(1), self.rotated(2)).unwrap();
+        }
+    }
+
     fn stop(&mut self, crash: bool, after_insert: bool) {
         let r = self.running.take().unwrap();
         r.stop.stop();
@@ -275,9 +286,7 @@ impl Harness {
                     // design; let it look first.
                     self.settle();
                 }
-                if self.rotated(1).exists() {
-                    std::fs::rename(self.rotated(1), self.rotated(2)).unwrap();
-                }
+                self.shift_rotated();
                 std::fs::rename(self.live(), self.rotated(1)).unwrap();
                 std::fs::File::create(self.live()).unwrap();
             }
@@ -288,9 +297,7 @@ impl Harness {
                     // truncation: the scheme's own limit.
                     self.settle();
                 }
-                if self.rotated(1).exists() {
-                    std::fs::rename(self.rotated(1), self.rotated(2)).unwrap();
-                }
+                self.shift_rotated();
                 std::fs::copy(self.live(), self.rotated(1)).unwrap();
                 std::fs::OpenOptions::new().write(true).open(self.live()).unwrap().set_len(0).unwrap();
             }
@@ -334,6 +341,26 @@ impl Harness {
         let extra: Vec<_> = self.delivered.keys().filter(|s| !self.written.contains(s)).collect();
         assert!(extra.is_empty(), "delivered lines never completed: {extra:?}");
         let _ = std::fs::remove_dir_all(self.dir.parent().unwrap());
+    }
+}
+
+/// Replays one sequence until it fails (for debugging a shrunk case):
+/// CHTAIL_MODEL_REPLAY=1 cargo test --test e2e replay -- --nocapture
+#[test]
+fn replay() {
+    if std::env::var("CHTAIL_MODEL_REPLAY").is_err() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt().with_env_filter("chtail=debug").try_init();
+    use Op::*;
+    let ops = [CopyTruncate, Append(12), Rotate, Rotate, Append(37), Append(18), CopyTruncate, Append(21), Rotate];
+    for round in 0..200 {
+        eprintln!("=== round {round}");
+        let mut h = Harness::new(true);
+        for op in &ops {
+            h.apply(op);
+        }
+        h.check();
     }
 }
 
