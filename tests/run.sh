@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v clickhouse-server >/dev/null 2>&1 || command -v clickhouse >/dev/null 2>&1 || need_apt+=(clickhouse-server)
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v logrotate >/dev/null 2>&1 || need_apt+=(logrotate)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

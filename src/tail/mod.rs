@@ -94,6 +94,12 @@ struct Tracked {
     idle_since: Option<Instant>,
     /// A compressed file matched by a glob: never read as text.
     compressed: bool,
+    /// A copy of this (live) file: not read until the original is seen
+    /// truncated, then read from where the original's reading stopped.
+    waiting_for: Option<FileId>,
+    /// Where a copy was positioned: until it is written past this offset,
+    /// being shorter means "still being copied", not "truncated".
+    floor: u64,
 }
 
 /// What the read loop needs besides the file itself.
@@ -349,7 +355,7 @@ impl Tailer {
                 .max_by_key(|f| f.offset)
                 .map(|f| (f.id, f.offset, f.path.clone()))
         };
-        let mut skip_original: Option<FileId> = None;
+        let mut waiting_for = None;
         let (id, read_from) = match known {
             Some((id, offset)) if offset <= size => {
                 cp.set_path(id, path);
@@ -363,20 +369,28 @@ impl Tailer {
             }
             None => match copy_of() {
                 Some((original, committed, original_path)) => {
-                    // Lines the original already handed out need not be read
-                    // again from the copy; the copy's checkpoint starts at
-                    // what is committed, so a crash re-sends rather than loses.
-                    let handed_out = self
-                        .files
-                        .iter()
-                        .find(|t| t.id == original)
-                        .map(|t| t.splitter.emitted_offset())
-                        .or_else(|| self.ghosts.get(&original).copied())
-                        .unwrap_or(committed);
-                    let read_from = handed_out.max(committed).min(size);
-                    tracing::info!(path = %path.display(), original = %original_path.display(), offset = read_from, "file is a copy of one already read (copytruncate); reading only what was not read from the original");
-                    skip_original = Some(original);
-                    (cp.register(identity, path, committed.min(read_from)), read_from)
+                    let live = self.files.iter().any(|t| t.id == original);
+                    let read_from = match self.ghosts.get(&original) {
+                        // The original was truncated: resume where its
+                        // reading stopped.
+                        Some(&handed_out) => handed_out.max(committed),
+                        // The original still holds these bytes and may read
+                        // more of them before it is truncated: wait for that.
+                        None if live => {
+                            waiting_for = Some(original);
+                            committed
+                        }
+                        // Known from the checkpoint only (start-up).
+                        None => committed,
+                    }
+                    .min(size);
+                    tracing::info!(path = %path.display(), original = %original_path.display(), offset = read_from, waiting = live, "file is a copy of one already read (copytruncate); reading only what was not read from the original");
+                    // The checkpoint starts at what is committed: a crash
+                    // re-sends rather than loses.
+                    (
+                        cp.register(identity, path, committed.min(read_from)),
+                        read_from,
+                    )
                 }
                 None => (cp.register(identity, path, 0), 0),
             },
@@ -384,17 +398,6 @@ impl Tailer {
         // Make sure the fingerprint on record describes what is there now.
         cp.set_identity(id, identity);
         drop(cp);
-        if let Some(original) = skip_original {
-            // The original, not yet truncated, holds the same bytes: let it
-            // skip what the copy will ship, so nothing is read twice.
-            let copied_to = last_line_end(&file, read_from, size);
-            if let Some(t) = self.files.iter_mut().find(|t| t.id == original)
-                && t.splitter.emitted_offset() < copied_to
-                && t.identity.same_content(&t.file).unwrap_or(false)
-            {
-                t.splitter = LineSplitter::new(copied_to, self.cfg.max_line_bytes);
-            }
-        }
         if read_from > 0 {
             tracing::info!(id = id.0, path = %path.display(), offset = read_from, size, "resuming file");
         } else {
@@ -409,6 +412,8 @@ impl Tailer {
             detached,
             idle_since: None,
             compressed: false,
+            waiting_for,
+            floor: read_from,
         });
     }
 
@@ -483,6 +488,22 @@ impl Tailer {
         if t.compressed {
             return Ok(false);
         }
+        if let Some(original) = t.waiting_for {
+            match self.ghosts.get(&original) {
+                Some(&handed_out) => {
+                    let from = handed_out.max(t.splitter.emitted_offset());
+                    tracing::debug!(
+                        id = t.id.0,
+                        offset = from,
+                        "original truncated; reading its copy"
+                    );
+                    t.splitter = LineSplitter::new(from, self.cfg.max_line_bytes);
+                    t.floor = from;
+                    t.waiting_for = None;
+                }
+                None => return Ok(false),
+            }
+        }
         // Truncated or replaced in place (copytruncate): start again at 0.
         let size = match t.file.metadata() {
             Ok(m) => m.len(),
@@ -492,8 +513,9 @@ impl Tailer {
                 return Ok(false);
             }
         };
-        let replaced = size < t.splitter.fed_offset()
-            || (t.splitter.fed_offset() > 0 && !t.identity.same_content(&t.file).unwrap_or(true));
+        let fed = t.splitter.fed_offset();
+        let shrunk = size < fed && !(fed == t.floor && size < t.floor);
+        let replaced = shrunk || (fed > 0 && !t.identity.same_content(&t.file).unwrap_or(true));
         if replaced {
             self.restart_truncated(i);
         }
@@ -547,6 +569,7 @@ impl Tailer {
         t.id = cp.register(identity, &t.path, 0);
         t.identity = identity;
         t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
+        t.floor = 0;
     }
 
     /// Releases detached files that were read to their end.
@@ -719,19 +742,6 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
 fn prefix_has_newline(file: &File, len: u64) -> bool {
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, 0).is_ok() && buf.contains(&b'\n')
-}
-
-/// The offset just past the last `\n` in `from..size`, or `from`.
-fn last_line_end(file: &File, from: u64, size: u64) -> u64 {
-    let start = size.saturating_sub(64 << 10).max(from);
-    let mut buf = vec![0u8; (size - start) as usize];
-    match file.read_exact_at(&mut buf, start) {
-        Ok(()) => buf
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(from, |i| start + i as u64 + 1),
-        Err(_) => from,
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -9,3 +9,4 @@ mod support;
 
 mod delivery;
 mod model;
+mod rotation;

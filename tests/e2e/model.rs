@@ -104,7 +104,10 @@ impl Harness {
             state: dir.join("state"),
             dir: logs,
             glob,
-            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
             running: None,
             next_seq: 0,
             partial: None,
@@ -136,12 +139,27 @@ impl Harness {
             max_line_bytes: 1 << 16,
             read_buffer_bytes: 97, // small reads: lines straddle them
         };
-        let sources = [config::Source { paths: vec![self.glob.clone()] }];
+        let sources = [config::Source {
+            paths: vec![self.glob.clone()],
+        }];
         let quarantine = Arc::new(Mutex::new(Quarantine::new(&self.state, stats.clone())));
-        let tailer = Tailer::new(&sources, tail_cfg, schema, queue.clone(), checkpoints.clone(), quarantine, stats);
+        let tailer = Tailer::new(
+            &sources,
+            tail_cfg,
+            schema,
+            queue.clone(),
+            checkpoints.clone(),
+            quarantine,
+            stats,
+        );
         let stop = tailer.control();
         let thread = std::thread::spawn(move || tailer.run());
-        self.running = Some(Running { stop, thread, queue, checkpoints });
+        self.running = Some(Running {
+            stop,
+            thread,
+            queue,
+            checkpoints,
+        });
     }
 
     fn decode(chunk: &Chunk) -> Vec<u64> {
@@ -167,7 +185,9 @@ impl Harness {
     fn pump(&mut self, wait: Duration) {
         let r = self.running.as_ref().unwrap();
         loop {
-            let got = self.rt.block_on(async { tokio::time::timeout(wait, r.queue.pop()).await });
+            let got = self
+                .rt
+                .block_on(async { tokio::time::timeout(wait, r.queue.pop()).await });
             match got {
                 Ok(Some(chunk)) => {
                     for seq in Self::decode(&chunk) {
@@ -188,17 +208,29 @@ impl Harness {
             if self.written.iter().all(|s| self.delivered.contains_key(s)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "lines not delivered: {:?}", self.missing());
+            assert!(
+                Instant::now() < deadline,
+                "lines not delivered: {:?}",
+                self.missing()
+            );
         }
     }
 
     fn missing(&self) -> Vec<u64> {
-        self.written.iter().copied().filter(|s| !self.delivered.contains_key(s)).collect()
+        self.written
+            .iter()
+            .copied()
+            .filter(|s| !self.delivered.contains_key(s))
+            .collect()
     }
 
     fn append_file(path: &Path, text: &str) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
         f.write_all(text.as_bytes()).unwrap();
     }
 
@@ -227,10 +259,9 @@ impl Harness {
         if crash {
             // One more insert that reaches ClickHouse but not the checkpoint.
             if after_insert {
-                if let Ok(Some(chunk)) = self
-                    .rt
-                    .block_on(async { tokio::time::timeout(Duration::from_millis(200), r.queue.pop()).await })
-                {
+                if let Ok(Some(chunk)) = self.rt.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(200), r.queue.pop()).await
+                }) {
                     for seq in Self::decode(&chunk) {
                         *self.delivered.entry(seq).or_default() += 1;
                         self.may_repeat.push(seq);
@@ -299,15 +330,29 @@ impl Harness {
                 }
                 self.shift_rotated();
                 std::fs::copy(self.live(), self.rotated(1)).unwrap();
-                std::fs::OpenOptions::new().write(true).open(self.live()).unwrap().set_len(0).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.live())
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
             }
             Op::Truncate => {
                 self.complete_partial();
                 self.settle();
-                std::fs::OpenOptions::new().write(true).open(self.live()).unwrap().set_len(0).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.live())
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
             }
             Op::DeleteRotated => {
-                let oldest = if self.rotated(2).exists() { self.rotated(2) } else { self.rotated(1) };
+                let oldest = if self.rotated(2).exists() {
+                    self.rotated(2)
+                } else {
+                    self.rotated(1)
+                };
                 if oldest.exists() {
                     // Deleting unread lines loses them by definition: settle.
                     self.settle();
@@ -338,8 +383,15 @@ impl Harness {
                 "line {seq} delivered {n} times without a crash between its insert and checkpoint"
             );
         }
-        let extra: Vec<_> = self.delivered.keys().filter(|s| !self.written.contains(s)).collect();
-        assert!(extra.is_empty(), "delivered lines never completed: {extra:?}");
+        let extra: Vec<_> = self
+            .delivered
+            .keys()
+            .filter(|s| !self.written.contains(s))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "delivered lines never completed: {extra:?}"
+        );
         let _ = std::fs::remove_dir_all(self.dir.parent().unwrap());
     }
 }
@@ -351,9 +403,21 @@ fn replay() {
     if std::env::var("CHTAIL_MODEL_REPLAY").is_err() {
         return;
     }
-    let _ = tracing_subscriber::fmt().with_env_filter("chtail=debug").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("chtail=debug")
+        .try_init();
     use Op::*;
-    let ops = [CopyTruncate, Append(12), Rotate, Rotate, Append(37), Append(18), CopyTruncate, Append(21), Rotate];
+    let ops = [
+        CopyTruncate,
+        Append(12),
+        Rotate,
+        Rotate,
+        Append(37),
+        Append(18),
+        CopyTruncate,
+        Append(21),
+        Rotate,
+    ];
     for round in 0..200 {
         eprintln!("=== round {round}");
         let mut h = Harness::new(true);

@@ -442,8 +442,66 @@ pub const SHORT: Duration = Duration::from_secs(60);
 
 /// Waits for `n` rows, then checks there are exactly `n`, all distinct.
 pub fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
-    wait_until(SHORT, &format!("{n} rows in {table}"), || count(ch, table) >= n);
+    wait_until(SHORT, &format!("{n} rows in {table}"), || {
+        count(ch, table) >= n
+    });
     // Give a wrong extra batch time to show up before judging.
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(count_and_unique(ch, table), (n, n), "rows and distinct events in {table}");
+    assert_eq!(
+        count_and_unique(ch, table),
+        (n, n),
+        "rows and distinct events in {table}"
+    );
+}
+
+/// Starts the Python bot writer (`tests/support/bot.py`).
+pub fn bot(path: &Path, handler: &str, first: u64, count: u64, max_bytes: u64, rate: u64) -> Child {
+    Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/bot.py"))
+        .arg(path)
+        .args([
+            handler,
+            &first.to_string(),
+            &count.to_string(),
+            &max_bytes.to_string(),
+            &rate.to_string(),
+        ])
+        .spawn()
+        .expect("python3")
+}
+
+/// Seqs of the events in the table (decoded from `ts`), with how often each
+/// occurs.
+pub fn seq_counts(ch: &ClickHouse, table: &str) -> std::collections::HashMap<u64, u64> {
+    let out = ch.query(&format!(
+        "SELECT substring(ts, 21, 6), count() FROM {table} GROUP BY ts"
+    ));
+    out.lines()
+        .filter_map(|l| {
+            let (seq, n) = l.split_once('\t')?;
+            Some((seq.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Seqs of the events found in the files of `dir` (compressed ones too).
+pub fn seqs_on_disk(dir: &Path) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let text = if path.extension().is_some_and(|e| e == "gz") {
+            let o = Command::new("gzip").arg("-dc").arg(&path).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        } else {
+            std::fs::read_to_string(&path).unwrap_or_default()
+        };
+        for line in text.lines() {
+            if let Some(at) = line.find("10:00:00.")
+                && let Ok(seq) = line[at + 9..at + 15].parse()
+            {
+                out.insert(seq);
+            }
+        }
+    }
+    out
 }
