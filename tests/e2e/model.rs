@@ -258,31 +258,25 @@ impl Harness {
         r.stop.stop();
         if crash {
             // One more insert that reaches ClickHouse but not the checkpoint.
-            if after_insert {
-                if let Ok(Some(chunk)) = self.rt.block_on(async {
+            if after_insert
+                && let Ok(Some(chunk)) = self.rt.block_on(async {
                     tokio::time::timeout(Duration::from_millis(200), r.queue.pop()).await
-                }) {
-                    for seq in Self::decode(&chunk) {
-                        *self.delivered.entry(seq).or_default() += 1;
-                        self.may_repeat.push(seq);
-                    }
+                })
+            {
+                for seq in Self::decode(&chunk) {
+                    *self.delivered.entry(seq).or_default() += 1;
+                    self.may_repeat.push(seq);
                 }
             }
             // Everything else in memory is lost.
             r.thread.join().unwrap();
         } else {
             // Drain: what was read is inserted and committed.
-            let rt = &self.rt;
-            loop {
-                match rt.block_on(r.queue.pop()) {
-                    Some(chunk) => {
-                        for seq in Self::decode(&chunk) {
-                            *self.delivered.entry(seq).or_default() += 1;
-                        }
-                        Self::commit(&r, &self.state, &chunk);
-                    }
-                    None => break,
+            while let Some(chunk) = self.rt.block_on(r.queue.pop()) {
+                for seq in Self::decode(&chunk) {
+                    *self.delivered.entry(seq).or_default() += 1;
                 }
+                Self::commit(&r, &self.state, &chunk);
             }
             r.thread.join().unwrap();
         }

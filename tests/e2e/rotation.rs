@@ -7,9 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    self, ClickHouse, Env, SHORT, bot, seq_counts, seqs_on_disk, shared, wait_until,
-};
+use crate::support::{self, ClickHouse, Env, SHORT, bot, seq_counts, seqs_on_disk, shared};
 
 /// Waits until the table holds `n` distinct events, then returns
 /// (distinct events, duplicated rows).
@@ -231,7 +229,7 @@ fn kill_9_at_random_moments_during_rotation_heavy_writing_loses_nothing() {
     );
     assert_eq!(lost, 0, "chtail log:\n{}", chtail.logs());
     assert!(
-        dups <= kills * max_rows as u64,
+        dups <= kills * max_rows,
         "duplicates beyond what was in flight"
     );
     assert!(chtail.terminate(SHORT).success());
