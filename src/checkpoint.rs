@@ -47,6 +47,20 @@ pub struct FileState {
     pub released_at: Option<u64>,
 }
 
+impl FileState {
+    /// The size of this file if it is still at its recorded path: the same
+    /// inode with the same first bytes.
+    pub fn current_size(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let file = File::open(&self.path).ok()?;
+        let meta = file.metadata().ok()?;
+        let same = meta.dev() == self.identity.dev
+            && meta.ino() == self.identity.ino
+            && self.identity.same_content(&file).unwrap_or(false);
+        same.then(|| meta.len())
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
     version: u32,
@@ -211,13 +225,13 @@ impl Checkpoints {
         self.files.remove(&id);
     }
 
-    /// Drops entries of files released more than `older_than_secs` ago whose
-    /// bytes are all committed: they can no longer be needed to resume.
-    pub fn prune(&mut self, older_than_secs: u64, size_of: impl Fn(&FileState) -> Option<u64>) {
+    /// Drops entries of files released more than `older_than_secs` ago that
+    /// are gone or fully committed: they can no longer be needed to resume.
+    pub fn prune(&mut self, older_than_secs: u64) {
         let now = now_unix();
         self.files.retain(|_, f| match f.released_at {
             Some(t) if now.saturating_sub(t) >= older_than_secs => {
-                size_of(f).is_some_and(|size| f.offset < size)
+                f.current_size().is_some_and(|size| f.offset < size)
             }
             _ => true,
         });
@@ -334,6 +348,32 @@ mod tests {
         let err = Checkpoints::load(dir.path()).unwrap_err();
         assert!(matches!(err, StateError::Corrupt { .. }));
         assert!(err.to_string().contains("will not guess"));
+    }
+
+    #[test]
+    fn released_entries_are_pruned_once_gone_or_fully_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            fs::write(&p, text).unwrap();
+            (p.clone(), Identity::of(&File::open(&p).unwrap()).unwrap())
+        };
+        let (done_path, done_id) = write("done.log", "{\"a\":1}\n");
+        let (unread_path, unread_id) = write("unread.log", "{\"a\":1}\n{\"a\":2}\n");
+        let (live_path, live_id) = write("live.log", "{\"a\":3}\n");
+        let mut c = Checkpoints::default();
+        let done = c.register(done_id, &done_path, 8);
+        let gone = c.register(id(99), Path::new("/nonexistent/gone.log"), 5);
+        let unread = c.register(unread_id, &unread_path, 8);
+        let live = c.register(live_id, &live_path, 0);
+        for f in [done, gone, unread] {
+            c.set_released(f, true);
+        }
+        c.prune(3600);
+        assert_eq!(c.files().count(), 4, "nothing is pruned before its time");
+        c.prune(0);
+        let left: Vec<FileId> = c.files().map(|f| f.id).collect();
+        assert_eq!(left, vec![unread, live]);
     }
 
     impl Checkpoints {

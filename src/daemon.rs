@@ -122,6 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let tailer = Tailer::new(
         &config.sources,
         config.tail.clone(),
+        config.batch.max_rows,
         Arc::new(schema),
         queue,
         checkpoints,

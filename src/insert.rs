@@ -211,9 +211,7 @@ impl Inserter {
             for r in batch.ranges() {
                 cp.advance(r.file, r.end);
             }
-            cp.prune(PRUNE_AFTER_SECS, |f| {
-                std::fs::metadata(&f.path).ok().map(|m| m.len())
-            });
+            cp.prune(PRUNE_AFTER_SECS);
             cp.snapshot()
         };
         let dir = self.state_dir.clone();

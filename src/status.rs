@@ -2,8 +2,6 @@
 //! behind. Reads the state on disk, so it works whether or not the daemon
 //! runs.
 
-use std::os::unix::fs::MetadataExt;
-
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoints, FileState};
@@ -27,10 +25,7 @@ pub fn collect(config: &Config) -> Result<Vec<FileStatus>, String> {
 }
 
 fn status_of(f: &FileState) -> FileStatus {
-    let here = std::fs::metadata(&f.path)
-        .ok()
-        .filter(|m| m.dev() == f.identity.dev && m.ino() == f.identity.ino);
-    let size = here.as_ref().map(|m| m.len());
+    let size = f.current_size();
     FileStatus {
         id: f.id.0,
         path: f.path.display().to_string(),

@@ -47,8 +47,10 @@ use crate::stats::Stats;
 use identity::Identity;
 use lines::{LineSplitter, Piece};
 
-/// A chunk is handed to the queue once its encoded rows reach this size.
+/// A chunk is handed to the queue once its encoded rows reach this size, or
+/// this many rows (or `batch.max_rows`, if smaller).
 const CHUNK_BYTES: usize = 128 << 10;
+const CHUNK_ROWS: usize = 4096;
 /// A renamed-away file that has not grown for this long, read to its end,
 /// is released.
 const RELEASE_IDLE: Duration = Duration::from_secs(10);
@@ -110,11 +112,14 @@ struct Sink<'a> {
     stats: &'a Stats,
     cancel: &'a AtomicBool,
     max_line: usize,
+    chunk_rows: usize,
 }
 
 pub struct Tailer {
     patterns: Vec<String>,
     cfg: config::Tail,
+    /// A chunk never holds more rows than a batch may.
+    chunk_rows: usize,
     schema: Arc<Schema>,
     queue: Arc<Queue>,
     checkpoints: Arc<Mutex<Checkpoints>>,
@@ -138,6 +143,7 @@ impl Tailer {
     pub fn new(
         sources: &[config::Source],
         cfg: config::Tail,
+        batch_rows: usize,
         schema: Arc<Schema>,
         queue: Arc<Queue>,
         checkpoints: Arc<Mutex<Checkpoints>>,
@@ -154,6 +160,7 @@ impl Tailer {
         let watcher = watch(&patterns, control.clone());
         Tailer {
             patterns,
+            chunk_rows: batch_rows.clamp(1, CHUNK_ROWS),
             buf: vec![0; cfg.read_buffer_bytes],
             cfg,
             schema,
@@ -217,6 +224,7 @@ impl Tailer {
             stats: &self.stats,
             cancel: &self.control.cancel,
             max_line: self.cfg.max_line_bytes,
+            chunk_rows: self.chunk_rows,
         }
     }
 
@@ -534,6 +542,7 @@ impl Tailer {
             stats: &self.stats,
             cancel: &self.control.cancel,
             max_line: self.cfg.max_line_bytes,
+            chunk_rows: self.chunk_rows,
         };
         let t = &mut self.files[i];
         match read_file(t, &sink, &mut self.buf) {
@@ -626,15 +635,15 @@ impl ChunkBuilder {
         }
     }
 
-    fn take(&mut self, t: &Tracked) -> Option<Chunk> {
+    fn take_chunk(&mut self, file: FileId, path: &Arc<Path>) -> Option<Chunk> {
         if self.end == self.start {
             return None;
         }
         let next = ChunkBuilder::new(self.end);
         let done = std::mem::replace(self, next);
         Some(Chunk {
-            file: t.id,
-            path: t.path.clone(),
+            file,
+            path: path.clone(),
             start: done.start,
             end: done.end,
             rows: done.rows,
@@ -665,20 +674,20 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             let end = piece.end();
             handle_piece(piece, &t.path, sink, &mut builder);
             builder.end = end;
-        }
-        if builder.data.len() >= CHUNK_BYTES
-            && let Some(c) = builder.take(t)
-        {
-            sink.queue
-                .push(c, sink.cancel)
-                .map_err(|_| ReadError::Cancelled)?;
+            if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
+                && let Some(c) = builder.take_chunk(t.id, &t.path)
+            {
+                sink.queue
+                    .push(c, sink.cancel)
+                    .map_err(|_| ReadError::Cancelled)?;
+            }
         }
         budget = budget.saturating_sub(n);
         if budget == 0 {
             break;
         }
     }
-    if let Some(c) = builder.take(t) {
+    if let Some(c) = builder.take_chunk(t.id, &t.path) {
         sink.queue
             .push(c, sink.cancel)
             .map_err(|_| ReadError::Cancelled)?;

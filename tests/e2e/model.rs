@@ -146,6 +146,7 @@ impl Harness {
         let tailer = Tailer::new(
             &sources,
             tail_cfg,
+            16, // small chunks: more commits, more places to crash between
             schema,
             queue.clone(),
             checkpoints.clone(),

@@ -235,3 +235,85 @@ fn kill_9_at_random_moments_during_rotation_heavy_writing_loses_nothing() {
     assert!(chtail.terminate(SHORT).success());
     assert!(kills >= 5, "the writer finished too soon to test anything");
 }
+
+#[test]
+fn a_file_rotated_away_while_chtail_was_down_is_found_and_finished() {
+    let ch = shared();
+    // Only the live name is a source: the rotated file is found by identity.
+    let env = Env::new(ch, "down_rotation", "events.jsonl", "");
+    let log = env.log("events.jsonl");
+    support::append(&log, 0, 1000);
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), 1000);
+    assert!(chtail.terminate(SHORT).success());
+
+    support::append(&log, 1000, 1500);
+    std::fs::rename(&log, env.log("events.jsonl.1")).unwrap();
+    support::append(&log, 1500, 1800);
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), 1800);
+    assert!(
+        chtail.logs().contains("rotated while chtail was down"),
+        "{}",
+        chtail.logs()
+    );
+    assert!(chtail.terminate(SHORT).success());
+}
+
+#[test]
+fn a_corrupt_state_file_falls_back_to_the_previous_copy() {
+    let ch = shared();
+    let env = Env::new(
+        ch,
+        "corrupt_state",
+        "events.jsonl",
+        "[batch]\nmax_rows = 100\nmax_wait = \"100ms\"",
+    );
+    let log = env.log("events.jsonl");
+    support::append(&log, 0, 1000);
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), 1000);
+    assert!(chtail.terminate(SHORT).success());
+
+    std::fs::write(
+        env.state.join("state.json"),
+        b"{\"version\": 1, \"files\": [{\"id\"",
+    )
+    .unwrap();
+    support::append(&log, 1000, 1200);
+    let mut chtail = env.start();
+    let (distinct, dups) = settle(ch, &env.table(), 1200);
+    println!(
+        "corrupt state.json: resumed from state.json.prev: {distinct} of 1200 events, {dups} sent again"
+    );
+    assert_eq!(distinct, 1200);
+    assert!(
+        dups <= 100,
+        "at most the last batch is sent again, got {dups}"
+    );
+    assert!(
+        chtail.logs().contains("resumed from the previous copy"),
+        "{}",
+        chtail.logs()
+    );
+    assert!(chtail.terminate(SHORT).success());
+}
+
+#[test]
+fn with_no_usable_state_chtail_refuses_to_start_rather_than_start_from_zero() {
+    let ch = shared();
+    let env = Env::new(ch, "no_state", "events.jsonl", "");
+    support::append(&env.log("events.jsonl"), 0, 10);
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::write(env.state.join("state.json"), b"\0\0\0").unwrap();
+    std::fs::write(env.state.join("state.json.prev"), b"not json").unwrap();
+    let mut chtail = env.start();
+    let status = chtail.wait(SHORT);
+    assert_eq!(status.code(), Some(65), "{}", chtail.logs());
+    assert!(
+        chtail.logs().contains("will not guess"),
+        "{}",
+        chtail.logs()
+    );
+    assert_eq!(support::count(ch, &env.table()), 0);
+}
