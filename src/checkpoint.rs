@@ -57,7 +57,7 @@ impl FileState {
         let same = meta.dev() == self.identity.dev
             && meta.ino() == self.identity.ino
             && self.identity.same_content(&file).unwrap_or(false);
-        same.then(|| meta.len())
+        same.then_some(meta.len())
     }
 }
 

@@ -30,7 +30,7 @@ use crate::parse::Schema;
 use crate::quarantine::Quarantine;
 use crate::queue::Queue;
 use crate::stats::Stats;
-use crate::tail::Tailer;
+use crate::tail::{self, Tailer};
 
 /// Exit status for a state directory chtail cannot trust (sysexits' DATAERR).
 pub const EXIT_BAD_STATE: u8 = 65;
@@ -124,10 +124,12 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         config.tail.clone(),
         config.batch.max_rows,
         Arc::new(schema),
-        queue,
-        checkpoints,
-        quarantine,
-        stats.clone(),
+        tail::Shared {
+            queue,
+            checkpoints,
+            quarantine,
+            stats: stats.clone(),
+        },
     );
     let control = tailer.control();
     let tail_thread = std::thread::Builder::new()

@@ -115,6 +115,14 @@ struct Sink<'a> {
     chunk_rows: usize,
 }
 
+/// What the tailer shares with the other stages.
+pub struct Shared {
+    pub queue: Arc<Queue>,
+    pub checkpoints: Arc<Mutex<Checkpoints>>,
+    pub quarantine: Arc<Mutex<Quarantine>>,
+    pub stats: Arc<Stats>,
+}
+
 pub struct Tailer {
     patterns: Vec<String>,
     cfg: config::Tail,
@@ -145,11 +153,14 @@ impl Tailer {
         cfg: config::Tail,
         batch_rows: usize,
         schema: Arc<Schema>,
-        queue: Arc<Queue>,
-        checkpoints: Arc<Mutex<Checkpoints>>,
-        quarantine: Arc<Mutex<Quarantine>>,
-        stats: Arc<Stats>,
+        shared: Shared,
     ) -> Tailer {
+        let Shared {
+            queue,
+            checkpoints,
+            quarantine,
+            stats,
+        } = shared;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let control = Control {
             cancel: Arc::new(AtomicBool::new(false)),

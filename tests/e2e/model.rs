@@ -148,10 +148,12 @@ impl Harness {
             tail_cfg,
             16, // small chunks: more commits, more places to crash between
             schema,
-            queue.clone(),
-            checkpoints.clone(),
-            quarantine,
-            stats,
+            chtail::tail::Shared {
+                queue: queue.clone(),
+                checkpoints: checkpoints.clone(),
+                quarantine,
+                stats,
+            },
         );
         let stop = tailer.control();
         let thread = std::thread::spawn(move || tailer.run());
