@@ -36,7 +36,7 @@ pub struct Range {
 }
 
 impl Batch {
-    fn push(&mut self, chunk: Chunk) {
+    pub fn push(&mut self, chunk: Chunk) {
         self.rows += chunk.rows.len();
         self.bytes += chunk.data.len();
         self.chunks.push(chunk);

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::tail::identity::Identity;
 
 pub const STATE_FILE: &str = "state.json";
+/// The batch being inserted: which bytes, under which token.
+pub const MANIFEST_FILE: &str = "inflight.json";
 const PREV_FILE: &str = "state.json.prev";
 const TMP_FILE: &str = "state.json.tmp";
 const VERSION: u32 = 1;
@@ -278,20 +280,82 @@ fn read_state(path: &Path) -> Result<Option<StateFile>, String> {
 
 /// Writes `bytes` as the new state of `dir`, atomically and durably.
 pub fn save(dir: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(TMP_FILE);
     let current = dir.join(STATE_FILE);
     let prev = dir.join(PREV_FILE);
+    write_atomic(dir, TMP_FILE, STATE_FILE, bytes, || {
+        if current.exists() {
+            let _ = fs::remove_file(&prev);
+            fs::hard_link(&current, &prev)?;
+        }
+        Ok(())
+    })
+}
+
+/// Temporary file, fsync, `before_rename`, rename over `name`, fsync of
+/// the directory.
+fn write_atomic(
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    bytes: &[u8],
+    before_rename: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = dir.join(tmp_name);
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    if current.exists() {
-        let _ = fs::remove_file(&prev);
-        fs::hard_link(&current, &prev)?;
-    }
-    fs::rename(&tmp, &current)?;
+    before_rename()?;
+    fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
+}
+
+/// One chunk of a batch: bytes `start..end` of `file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRange {
+    pub file: FileId,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The batch being inserted, recorded before it is sent, so that after a
+/// crash the very same rows go out again under the same token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub token: String,
+    /// In the order their rows were sent.
+    pub chunks: Vec<ChunkRange>,
+}
+
+impl Manifest {
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
+        write_atomic(dir, "inflight.json.tmp", MANIFEST_FILE, &bytes, || Ok(()))
+    }
+
+    /// The manifest of the last batch sent, if any. A manifest that cannot
+    /// be read was being written when chtail stopped, so its batch was
+    /// never sent: there is nothing to replay.
+    pub fn load(dir: &Path) -> Option<Manifest> {
+        let bytes = fs::read(dir.join(MANIFEST_FILE)).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable inflight.json (its batch was never sent)");
+                None
+            }
+        }
+    }
+
+    /// The chunks whose bytes are not committed yet.
+    pub fn pending(&self, checkpoints: &Checkpoints) -> Vec<ChunkRange> {
+        self.chunks
+            .iter()
+            .filter(|c| checkpoints.get(c.file).is_some_and(|f| f.offset < c.end))
+            .copied()
+            .collect()
+    }
 }
 
 #[cfg(test)]

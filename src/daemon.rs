@@ -22,7 +22,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch;
-use crate::checkpoint::{Checkpoints, Loaded, StateError};
+use crate::checkpoint::{Checkpoints, Loaded, Manifest, StateError};
 use crate::clickhouse::{Backoff, Class, Server, Version, schema_of};
 use crate::config::Config;
 use crate::insert::{self, Inserter, Outcome};
@@ -116,6 +116,24 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         give_up,
         retry: (config.clickhouse.retry_initial, config.clickhouse.retry_max),
     };
+    let mut inserter = inserter;
+    // A batch a crash interrupted goes out again first, byte for byte.
+    if let Some(manifest) = Manifest::load(&state_dir) {
+        let batch = replay_batch(&manifest, &checkpoints, &config, &schema, &stats);
+        if let Some(batch) = batch {
+            tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
+            let replayed = tokio::select! {
+                ok = inserter.replay(&batch, &manifest.token) => ok,
+                sig = signals.recv() => {
+                    tracing::info!(signal = sig, "stopped while re-sending the interrupted batch; it is sent again on the next start");
+                    return Ok(0);
+                }
+            };
+            if !replayed {
+                return Ok(0);
+            }
+        }
+    }
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let mut insert_task = tokio::spawn(inserter.run(batch_rx));
     let batch_task = tokio::spawn(batch::run(queue.clone(), config.batch.clone(), batch_tx));
@@ -181,6 +199,53 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         ),
     }
     Ok(0)
+}
+
+/// Rebuilds the batch of `manifest` that is not committed yet from the log
+/// files: the same bytes, read and encoded again, in the same order.
+fn replay_batch(
+    manifest: &Manifest,
+    checkpoints: &Mutex<Checkpoints>,
+    config: &Config,
+    schema: &Schema,
+    stats: &Stats,
+) -> Option<batch::Batch> {
+    let pending = manifest.pending(&checkpoints.lock().unwrap_or_else(|e| e.into_inner()));
+    if pending.is_empty() {
+        return None;
+    }
+    let patterns: Vec<String> = config
+        .sources
+        .iter()
+        .flat_map(|s| s.paths.clone())
+        .collect();
+    let mut batch = batch::Batch::default();
+    for range in pending {
+        let entry = checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(range.file)
+            .cloned()?;
+        let chunk = tail::locate(&entry, &patterns).and_then(|(path, file)| {
+            tail::reread(
+                &file,
+                range.file,
+                &path,
+                (range.start, range.end),
+                schema,
+                &config.tail,
+                stats,
+            )
+            .ok()
+        });
+        match chunk {
+            Some(c) => batch.push(c),
+            None => {
+                tracing::warn!(path = %entry.path.display(), start = range.start, end = range.end, "cannot find the bytes of the interrupted batch any more (file deleted or rewritten); they cannot be re-sent")
+            }
+        }
+    }
+    (!batch.chunks.is_empty()).then_some(batch)
 }
 
 /// Reaches ClickHouse, creating the table if configured, and returns the

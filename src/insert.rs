@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use twox_hash::XxHash64;
 
 use crate::batch::{self, Batch};
-use crate::checkpoint::{self, Checkpoints};
+use crate::checkpoint::{self, Checkpoints, ChunkRange, Manifest};
 use crate::clickhouse::{Backoff, Class, Failure, Server};
 use crate::config;
 use crate::parse::Reject;
@@ -62,7 +62,9 @@ enum SendError {
 impl Inserter {
     pub async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
         while let Some(batch) = input.recv().await {
-            if !self.deliver(&batch).await {
+            let token = batch::token(&batch.ranges());
+            self.record(&batch, &token).await;
+            if !self.deliver(&batch, &token).await {
                 let mut rows_left = batch.rows;
                 input.close();
                 while let Some(b) = input.recv().await {
@@ -75,12 +77,46 @@ impl Inserter {
         Outcome::Drained
     }
 
+    /// Re-sends the batch a crash interrupted, under its recorded token,
+    /// and commits it. False if the shutdown deadline stopped it first.
+    pub async fn replay(&mut self, batch: &Batch, token: &str) -> bool {
+        if !self.deliver(batch, token).await {
+            return false;
+        }
+        self.commit(batch).await;
+        true
+    }
+
+    /// Records the batch's manifest before it is sent (DESIGN.md §2.3).
+    async fn record(&self, batch: &Batch, token: &str) {
+        let manifest = Manifest {
+            token: token.to_string(),
+            chunks: batch
+                .chunks
+                .iter()
+                .map(|c| ChunkRange {
+                    file: c.file,
+                    start: c.start,
+                    end: c.end,
+                })
+                .collect(),
+        };
+        let dir = self.state_dir.clone();
+        match tokio::task::spawn_blocking(move || manifest.save(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot record the batch before sending it; after a crash it may be sent twice")
+            }
+            Err(e) => tracing::error!(error = %e, "manifest writer failed"),
+        }
+    }
+
     /// Inserts every row of `batch` or quarantines it; false if the
     /// shutdown deadline stopped it first.
-    async fn deliver(&mut self, batch: &Batch) -> bool {
-        let token = self.dedup_tokens.then(|| batch::token(&batch.ranges()));
+    async fn deliver(&mut self, batch: &Batch, token: &str) -> bool {
+        let token = self.dedup_tokens.then_some(token);
         let parts = batch.chunks.iter().map(|c| c.data.clone()).collect();
-        match self.send(parts, token.as_deref(), batch.rows).await {
+        match self.send(parts, token, batch.rows).await {
             Ok(()) => true,
             Err(SendError::GaveUp) => false,
             Err(SendError::Bad(f)) => {
@@ -90,7 +126,7 @@ impl Inserter {
                     "ClickHouse rejected a batch as bad data; splitting it to isolate the bad rows: {}",
                     f.message
                 );
-                self.bisect(batch, token.as_deref()).await
+                self.bisect(batch, token).await
             }
         }
     }

@@ -104,14 +104,21 @@ struct Tracked {
     floor: u64,
 }
 
+/// Turns lines into rows, and rejected lines into quarantine records.
+struct Encoder<'a> {
+    schema: &'a Schema,
+    /// `None` when re-reading for a replay: those lines were quarantined
+    /// the first time.
+    quarantine: Option<&'a Mutex<Quarantine>>,
+    stats: &'a Stats,
+    max_line: usize,
+}
+
 /// What the read loop needs besides the file itself.
 struct Sink<'a> {
-    schema: &'a Schema,
+    enc: Encoder<'a>,
     queue: &'a Queue,
-    quarantine: &'a Mutex<Quarantine>,
-    stats: &'a Stats,
     cancel: &'a AtomicBool,
-    max_line: usize,
     chunk_rows: usize,
 }
 
@@ -229,12 +236,14 @@ impl Tailer {
 
     fn sink(&self) -> Sink<'_> {
         Sink {
-            schema: &self.schema,
+            enc: Encoder {
+                schema: &self.schema,
+                quarantine: Some(&self.quarantine),
+                stats: &self.stats,
+                max_line: self.cfg.max_line_bytes,
+            },
             queue: &self.queue,
-            quarantine: &self.quarantine,
-            stats: &self.stats,
             cancel: &self.control.cancel,
-            max_line: self.cfg.max_line_bytes,
             chunk_rows: self.chunk_rows,
         }
     }
@@ -547,12 +556,14 @@ impl Tailer {
             lock(&self.checkpoints).set_identity(t.id, longer);
         }
         let sink = Sink {
-            schema: &self.schema,
+            enc: Encoder {
+                schema: &self.schema,
+                quarantine: Some(&self.quarantine),
+                stats: &self.stats,
+                max_line: self.cfg.max_line_bytes,
+            },
             queue: &self.queue,
-            quarantine: &self.quarantine,
-            stats: &self.stats,
             cancel: &self.control.cancel,
-            max_line: self.cfg.max_line_bytes,
             chunk_rows: self.chunk_rows,
         };
         let t = &mut self.files[i];
@@ -679,11 +690,14 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             return Ok(false);
         }
         progress = true;
-        sink.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        sink.enc
+            .stats
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
         t.splitter.feed(&buf[..n]);
         while let Some(piece) = t.splitter.next_piece() {
             let end = piece.end();
-            handle_piece(piece, &t.path, sink, &mut builder);
+            sink.enc.piece(piece, &t.path, &mut builder);
             builder.end = end;
             if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
                 && let Some(c) = builder.take_chunk(t.id, &t.path)
@@ -706,36 +720,120 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
     Ok(progress)
 }
 
-fn handle_piece(piece: Piece<'_>, path: &Path, sink: &Sink<'_>, b: &mut ChunkBuilder) {
-    sink.stats.lines_read.fetch_add(1, Ordering::Relaxed);
-    match piece {
-        Piece::Line { start, line } => {
-            let mut line = line.strip_suffix(b"\r").unwrap_or(line);
-            if start == 0 {
-                line = line.strip_prefix(BOM).unwrap_or(line);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                return;
-            }
-            match sink.schema.encode_line(line, &mut b.data) {
-                Ok(()) => {
-                    b.rows.push(RowMark {
-                        offset: start,
-                        end: b.data.len() as u32,
-                    });
-                    sink.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
+impl Encoder<'_> {
+    fn piece(&self, piece: Piece<'_>, path: &Path, b: &mut ChunkBuilder) {
+        self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
+        match piece {
+            Piece::Line { start, line } => {
+                let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+                if start == 0 {
+                    line = line.strip_prefix(BOM).unwrap_or(line);
                 }
-                Err(reject) => lock(sink.quarantine).put(path, start, &reject, line, false),
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    return;
+                }
+                match self.schema.encode_line(line, &mut b.data) {
+                    Ok(()) => {
+                        b.rows.push(RowMark {
+                            offset: start,
+                            end: b.data.len() as u32,
+                        });
+                        self.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(reject) => self.reject(path, start, &reject, line, false),
+                }
             }
-        }
-        Piece::TooLong { start, len, head } => {
-            let reject = Reject::TooLong {
-                len,
-                max: sink.max_line,
-            };
-            lock(sink.quarantine).put(path, start, &reject, head, true);
+            Piece::TooLong { start, len, head } => {
+                let reject = Reject::TooLong {
+                    len,
+                    max: self.max_line,
+                };
+                self.reject(path, start, &reject, head, true);
+            }
         }
     }
+
+    fn reject(&self, path: &Path, offset: u64, reason: &Reject, line: &[u8], truncated: bool) {
+        if let Some(q) = self.quarantine {
+            lock(q).put(path, offset, reason, line, truncated);
+        }
+    }
+}
+
+/// Reads bytes `start..end` of `file` again, exactly as they were read the
+/// first time, into one chunk: the same bytes always give the same rows.
+/// `end` must be a line end. Used to replay a batch after a crash.
+pub fn reread(
+    file: &File,
+    id: FileId,
+    path: &Path,
+    (start, end): (u64, u64),
+    schema: &Schema,
+    cfg: &config::Tail,
+    stats: &Stats,
+) -> std::io::Result<Chunk> {
+    let enc = Encoder {
+        schema,
+        quarantine: None,
+        stats,
+        max_line: cfg.max_line_bytes,
+    };
+    let mut splitter = LineSplitter::new(start, cfg.max_line_bytes);
+    let mut builder = ChunkBuilder::new(start);
+    let mut buf = vec![0u8; cfg.read_buffer_bytes];
+    while splitter.fed_offset() < end {
+        let want = ((end - splitter.fed_offset()) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], splitter.fed_offset())?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} ends before offset {end}", path.display()),
+            ));
+        }
+        splitter.feed(&buf[..n]);
+        while let Some(piece) = splitter.next_piece() {
+            let piece_end = piece.end();
+            enc.piece(piece, path, &mut builder);
+            builder.end = piece_end;
+        }
+    }
+    let path: Arc<Path> = Arc::from(path);
+    Ok(builder.take_chunk(id, &path).unwrap_or(Chunk {
+        file: id,
+        path,
+        start,
+        end,
+        rows: Vec::new(),
+        data: Bytes::new(),
+    }))
+}
+
+/// Finds a checkpointed file again: at its recorded path, or by identity
+/// in the directories of `patterns` (it may have been rotated since).
+pub fn locate(
+    entry: &crate::checkpoint::FileState,
+    patterns: &[String],
+) -> Option<(PathBuf, File)> {
+    let is_it = |path: &Path| -> Option<File> {
+        let file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        let same = meta.dev() == entry.identity.dev
+            && meta.ino() == entry.identity.ino
+            && entry.identity.same_content(&file).unwrap_or(false);
+        same.then_some(file)
+    };
+    if let Some(f) = is_it(&entry.path) {
+        return Some((entry.path.clone(), f));
+    }
+    let dirs: HashSet<PathBuf> = patterns.iter().map(|p| literal_dir(p)).collect();
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).ok()?.flatten() {
+            if let Some(f) = is_it(&e.path()) {
+                return Some((e.path(), f));
+            }
+        }
+    }
+    None
 }
 
 /// Quarantines the unterminated last line of a released file and commits
@@ -747,7 +845,8 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
     let n = t.file.read_at(&mut head, start).unwrap_or(0);
     head.truncate(n);
     let reject = Reject::InvalidJson("incomplete last line (no newline) in a rotated file".into());
-    lock(sink.quarantine).put(&t.path, start, &reject, &head, n as u64 != end - start);
+    sink.enc
+        .reject(&t.path, start, &reject, &head, n as u64 != end - start);
     let chunk = Chunk {
         file: t.id,
         path: t.path.clone(),
