@@ -68,12 +68,19 @@ impl Batch {
     }
 }
 
-/// A deduplication token named by byte ranges: the same bytes always give
-/// the same token, so a re-sent batch is recognised by the server.
-pub fn token(ranges: &[Range]) -> String {
+/// A deduplication token named by the bytes the batch covers: each chunk's
+/// file identity (device, inode, fingerprint) and byte range, in order. The
+/// same bytes give the same token, in this process or the next; different
+/// bytes never share one, so the server never drops rows it has not seen.
+pub fn token(batch: &Batch) -> String {
     let mut text = String::new();
-    for r in ranges {
-        let _ = write!(text, "{}:{}-{};", r.file.0, r.start, r.end);
+    for c in &batch.chunks {
+        let id = &c.identity;
+        let _ = write!(
+            text,
+            "{}:{}:{:x}/{}@{}-{};",
+            id.dev, id.ino, id.fp_hash, id.fp_len, c.start, c.end
+        );
     }
     format!("chtail-{:016x}", XxHash64::oneshot(0, text.as_bytes()))
 }
@@ -124,6 +131,12 @@ mod tests {
     fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
         Chunk {
             file: FileId(file),
+            identity: crate::tail::identity::Identity {
+                dev: 1,
+                ino: file,
+                fp_len: 8,
+                fp_hash: file * 31,
+            },
             path: Arc::from(Path::new("/x")),
             start,
             end,
@@ -200,7 +213,22 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(token(&r), token(&b.ranges()));
-        assert_ne!(token(&r), token(&r[..1]));
+        let same = Batch {
+            chunks: b.chunks.clone(),
+            ..Batch::default()
+        };
+        assert_eq!(token(&b), token(&same));
+        let mut other_file = b.chunks.clone();
+        other_file[1].identity.ino = 77; // same FileId, other file
+        let other_file = Batch {
+            chunks: other_file,
+            ..Batch::default()
+        };
+        assert_ne!(token(&b), token(&other_file));
+        let fewer = Batch {
+            chunks: b.chunks[..2].to_vec(),
+            ..Batch::default()
+        };
+        assert_ne!(token(&b), token(&fewer));
     }
 }

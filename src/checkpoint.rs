@@ -95,6 +95,8 @@ pub enum StateError {
 pub struct Checkpoints {
     next_id: u64,
     files: BTreeMap<FileId, FileState>,
+    /// Files were registered since the last snapshot.
+    unsaved: bool,
 }
 
 /// How the state was loaded, for the start-up log.
@@ -154,6 +156,7 @@ impl Checkpoints {
             Checkpoints {
                 next_id: state.next_id,
                 files,
+                unsaved: false,
             },
             loaded,
         ))
@@ -181,6 +184,7 @@ impl Checkpoints {
     pub fn register(&mut self, identity: Identity, path: &Path, offset: u64) -> FileId {
         let id = FileId(self.next_id);
         self.next_id += 1;
+        self.unsaved = true;
         self.files.insert(
             id,
             FileState {
@@ -237,6 +241,12 @@ impl Checkpoints {
             }
             _ => true,
         });
+    }
+
+    /// Whether files were registered since the last call: the state on disk
+    /// must learn of them before a batch naming them is sent.
+    pub fn take_unsaved(&mut self) -> bool {
+        std::mem::take(&mut self.unsaved)
     }
 
     /// The bytes of the state file as it is now.

@@ -229,7 +229,7 @@ fn replay_batch(
         let chunk = tail::locate(&entry, &patterns).and_then(|(path, file)| {
             tail::reread(
                 &file,
-                range.file,
+                (range.file, entry.identity),
                 &path,
                 (range.start, range.end),
                 schema,

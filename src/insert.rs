@@ -62,7 +62,7 @@ enum SendError {
 impl Inserter {
     pub async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
         while let Some(batch) = input.recv().await {
-            let token = batch::token(&batch.ranges());
+            let token = batch::token(&batch);
             self.record(&batch, &token).await;
             if !self.deliver(&batch, &token).await {
                 let mut rows_left = batch.rows;
@@ -87,8 +87,22 @@ impl Inserter {
         true
     }
 
-    /// Records the batch's manifest before it is sent (DESIGN.md §2.3).
+    /// Records the batch's manifest before it is sent (DESIGN.md §2.3),
+    /// and, first, any file first seen since the last checkpoint: a
+    /// manifest must never name a file the state on disk does not know.
     async fn record(&self, batch: &Batch, token: &str) {
+        let unsaved = {
+            let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+            cp.take_unsaved().then(|| cp.snapshot())
+        };
+        if let Some(snapshot) = unsaved {
+            let dir = self.state_dir.clone();
+            match tokio::task::spawn_blocking(move || checkpoint::save(&dir, &snapshot)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot write the checkpoint"),
+                Err(e) => tracing::error!(error = %e, "checkpoint writer failed"),
+            }
+        }
         let manifest = Manifest {
             token: token.to_string(),
             chunks: batch

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::checkpoint::FileId;
 use crate::stats::Stats;
+use crate::tail::identity::Identity;
 
 /// A row's place: the file offset of its line and where its encoded bytes
 /// end within the chunk's data.
@@ -30,6 +31,9 @@ pub struct RowMark {
 #[derive(Debug, Clone)]
 pub struct Chunk {
     pub file: FileId,
+    /// The file's identity when the chunk was read: what names the bytes
+    /// beyond this process (FileIds are chtail's own numbering).
+    pub identity: Identity,
     pub path: Arc<Path>,
     pub start: u64,
     pub end: u64,
@@ -170,6 +174,12 @@ mod tests {
     pub(crate) fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
         Chunk {
             file: FileId(file),
+            identity: Identity {
+                dev: 1,
+                ino: file,
+                fp_len: 0,
+                fp_hash: 0,
+            },
             path: Arc::from(Path::new("/x")),
             start,
             end,

@@ -20,4 +20,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# A modern ClickHouse engine for the tests that need one (chdb embeds
+# ClickHouse 26.9; tests/support/chdb_front.py serves it over HTTP).
+if ! python3 -c 'import chdb, lz4.block' >/dev/null 2>&1; then
+  echo "installing: chdb-core lz4 (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check chdb-core==26.9.0 lz4 2>&1 | grep -v "Running pip as the 'root' user" || true
+  python3 -c 'import chdb, lz4.block'
+fi
+
 cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREADS:-4}"

@@ -282,6 +282,9 @@ impl Tailer {
             let meta = match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => continue,
+                // Renamed or deleted between the glob and the stat: the
+                // next look finds it under its new name, if it has one.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     self.log_error(&path, "cannot stat a log file", &e);
                     continue;
@@ -657,7 +660,7 @@ impl ChunkBuilder {
         }
     }
 
-    fn take_chunk(&mut self, file: FileId, path: &Arc<Path>) -> Option<Chunk> {
+    fn take_chunk(&mut self, file: FileId, identity: Identity, path: &Arc<Path>) -> Option<Chunk> {
         if self.end == self.start {
             return None;
         }
@@ -665,6 +668,7 @@ impl ChunkBuilder {
         let done = std::mem::replace(self, next);
         Some(Chunk {
             file,
+            identity,
             path: path.clone(),
             start: done.start,
             end: done.end,
@@ -700,7 +704,7 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             sink.enc.piece(piece, &t.path, &mut builder);
             builder.end = end;
             if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
-                && let Some(c) = builder.take_chunk(t.id, &t.path)
+                && let Some(c) = builder.take_chunk(t.id, t.identity, &t.path)
             {
                 sink.queue
                     .push(c, sink.cancel)
@@ -712,7 +716,7 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             break;
         }
     }
-    if let Some(c) = builder.take_chunk(t.id, &t.path) {
+    if let Some(c) = builder.take_chunk(t.id, t.identity, &t.path) {
         sink.queue
             .push(c, sink.cancel)
             .map_err(|_| ReadError::Cancelled)?;
@@ -765,7 +769,7 @@ impl Encoder<'_> {
 /// `end` must be a line end. Used to replay a batch after a crash.
 pub fn reread(
     file: &File,
-    id: FileId,
+    (id, identity): (FileId, Identity),
     path: &Path,
     (start, end): (u64, u64),
     schema: &Schema,
@@ -798,8 +802,9 @@ pub fn reread(
         }
     }
     let path: Arc<Path> = Arc::from(path);
-    Ok(builder.take_chunk(id, &path).unwrap_or(Chunk {
+    Ok(builder.take_chunk(id, identity, &path).unwrap_or(Chunk {
         file: id,
+        identity,
         path,
         start,
         end,
@@ -849,6 +854,7 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
         .reject(&t.path, start, &reject, &head, n as u64 != end - start);
     let chunk = Chunk {
         file: t.id,
+        identity: t.identity,
         path: t.path.clone(),
         start,
         end,

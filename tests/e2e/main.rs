@@ -9,4 +9,5 @@ mod support;
 
 mod delivery;
 mod model;
+mod modern;
 mod rotation;

@@ -22,6 +22,8 @@ pub struct ClickHouse {
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
+    /// The chdb front (modern ClickHouse) rather than a server binary.
+    modern: bool,
 }
 
 fn free_port() -> u16 {
@@ -47,10 +49,34 @@ impl ClickHouse {
             dir,
             _tmp: Some(tmp),
             child: None,
+            modern: false,
         };
         ch.write_config();
         ch.spawn();
         ch
+    }
+
+    /// A modern ClickHouse (26.x, through chdb) behind the HTTP front in
+    /// `tests/support/chdb_front.py`. `password` is required if not empty.
+    pub fn modern(password: &str) -> ClickHouse {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("password"), password).unwrap();
+        let mut ch = ClickHouse {
+            http_port: free_port(),
+            tcp_port: 0,
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            modern: true,
+        };
+        ch.spawn();
+        ch
+    }
+
+    pub fn is_modern(&self) -> bool {
+        self.modern
     }
 
     pub fn url(&self) -> String {
@@ -96,7 +122,15 @@ impl ClickHouse {
 
     fn spawn(&mut self) {
         let config = self.dir.join("config.xml");
-        let server = if which("clickhouse") {
+        let server = if self.modern {
+            let password = std::fs::read_to_string(self.dir.join("password")).unwrap_or_default();
+            format!(
+                "python3 {}/tests/support/chdb_front.py {}/data {} '{password}'",
+                env!("CARGO_MANIFEST_DIR"),
+                self.dir.display(),
+                self.http_port
+            )
+        } else if which("clickhouse") {
             format!("clickhouse server --config-file={}", config.display())
         } else if which("clickhouse-server") {
             format!("clickhouse-server --config-file={}", config.display())
@@ -119,6 +153,7 @@ impl ClickHouse {
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start clickhouse");
         self.child = Some(child);
@@ -160,7 +195,12 @@ impl ClickHouse {
     }
 
     pub fn try_query(&self, sql: &str) -> Result<String, String> {
-        http_post(self.http_port, "/", sql.as_bytes())
+        http_post(self.http_port, "/", sql.as_bytes(), &self.password())
+    }
+
+    /// The password the server requires ("" for none).
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.dir.join("password")).unwrap_or_default()
     }
 
     /// `SELECT count()` etc. as a number.
@@ -179,11 +219,11 @@ impl Drop for ClickHouse {
 }
 
 /// A plain HTTP/1.0 POST (no chunked replies), enough for tests.
-pub fn http_post(port: u16, path: &str, body: &[u8]) -> Result<String, String> {
+pub fn http_post(port: u16, path: &str, body: &[u8], password: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let head = format!(
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nX-ClickHouse-Key: {password}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
@@ -230,6 +270,7 @@ impl Env {
         let text = format!(
             r#"[clickhouse]
 url = "{url}"
+password = "{password}"
 database = "{database}"
 retry_initial_backoff = "50ms"
 retry_max_backoff = "500ms"
@@ -251,6 +292,7 @@ dir = "{state}"
                 "[tail]\npoll_interval = \"200ms\""
             },
             url = ch.url(),
+            password = ch.password(),
             logs = logs.display(),
             state = state.display(),
         );

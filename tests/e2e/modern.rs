@@ -1,0 +1,120 @@
+//! Against a modern ClickHouse (26.x through chdb, see
+//! `tests/support/chdb_front.py`): the table chtail creates deduplicates,
+//! LZ4 bodies and passwords work, and delivery is exactly once through
+//! SIGKILLs at random moments.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{ClickHouse, Env, SHORT, append, bot, expect_rows, seq_counts};
+
+#[test]
+fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_password() {
+    let ch = ClickHouse::modern("modern-pw");
+    let env = Env::new(&ch, "modern_basic", "events*.jsonl", "");
+    append(&env.log("events-1.jsonl"), 0, 3000);
+    append(&env.log("events-2.jsonl"), 3000, 5000);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
+        .args(["check", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ClickHouse 26."), "{stdout}");
+    assert!(
+        stdout.contains("accepts insert_deduplication_token"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("modern-pw"));
+    let create = ch.query(&format!("SHOW CREATE TABLE {}", env.table()));
+    assert!(
+        create.contains("non_replicated_deduplication_window = 1000"),
+        "{create}"
+    );
+    for col in [
+        "`ts` String",
+        "`event` LowCardinality(String)",
+        "`duration_ms` Float64",
+    ] {
+        assert!(create.contains(col), "{create}");
+    }
+
+    let mut chtail = env.start();
+    expect_rows(&ch, &env.table(), 5000);
+    assert!(chtail.terminate(SHORT).success());
+    assert!(!chtail.logs().contains("modern-pw"));
+}
+
+#[test]
+fn a_wrong_password_is_reported_loudly_and_retried_until_fixed() {
+    let ch = ClickHouse::modern("right");
+    let env = Env::new(&ch, "modern_auth", "events.jsonl", "");
+    append(&env.log("events.jsonl"), 0, 100);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("password = \"right\"", "password = \"wrong\""),
+    )
+    .unwrap();
+    let mut chtail = env.start();
+    crate::support::wait_until(SHORT, "an authentication error in the log", || {
+        chtail
+            .logs()
+            .contains("check clickhouse.user and clickhouse.password")
+    });
+    assert!(
+        !chtail.logs().contains("wrong\""),
+        "the password must not be logged"
+    );
+    assert!(chtail.terminate(SHORT).success());
+}
+
+#[test]
+fn exactly_once_through_kill_9_at_random_moments_with_rotation() {
+    let ch = ClickHouse::modern("");
+    let max_rows = 2_000;
+    let env = Env::new(
+        &ch,
+        "modern_crash",
+        "events.jsonl*",
+        &format!("[batch]\nmax_rows = {max_rows}\nmax_wait = \"200ms\""),
+    );
+    let n = 30_000;
+    let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 96 << 10, 4_000);
+    let mut kills = 0u64;
+    let mut rng = 0x2545f4914f6cdd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let started = Instant::now();
+    while writer.try_wait().unwrap().is_none() || kills < 8 {
+        let mut chtail = env.start();
+        std::thread::sleep(Duration::from_millis(200 + next() % 1200));
+        chtail.kill9();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(next() % 200));
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the writer never finished"
+        );
+    }
+    assert!(writer.wait().unwrap().success());
+    let mut chtail = env.start();
+    crate::support::wait_until(SHORT, "every event", || {
+        seq_counts(&ch, &env.table()).len() as u64 >= n
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let seqs = seq_counts(&ch, &env.table());
+    let lost = n - seqs.len() as u64;
+    let dups: u64 = seqs.values().map(|c| c - 1).sum();
+    println!(
+        "modern ClickHouse, kill -9 x{kills} during rotation-heavy writing: {n} events, {lost} lost, {dups} duplicated"
+    );
+    assert_eq!((lost, dups), (0, 0), "chtail log:\n{}", chtail.logs());
+    assert!(chtail.terminate(SHORT).success());
+}

@@ -1,0 +1,188 @@
+"""A small HTTP front over chdb (ClickHouse 26.x in-process) for the tests.
+
+It speaks the part of ClickHouse's HTTP interface that chtail uses:
+- the query in the `query` URL parameter, in the body, or both (then the
+  body follows the query);
+- `default_format` and `database` parameters; every other parameter that is
+  not a known HTTP option is a query setting;
+- `INSERT ... FORMAT RowBinary` with the rows in the body, chunked or not,
+  LZ4-compressed in ClickHouse's block format when `decompress=1`;
+- credentials in `X-ClickHouse-User`/`X-ClickHouse-Key` or `user`/`password`;
+- errors as HTTP 4xx/5xx with `Code: N. DB::Exception: ...` in the body and
+  the `X-ClickHouse-Exception-Code` header.
+
+usage: chdb_front.py DATA_DIR PORT [PASSWORD]
+Listens on 127.0.0.1:PORT.
+"""
+import os
+import re
+import struct
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import lz4.block
+from chdb import session
+
+DATA_DIR, PORT = sys.argv[1], int(sys.argv[2])
+PASSWORD = sys.argv[3] if len(sys.argv) > 3 else ""
+SESSION = session.Session(DATA_DIR)
+LOCK = threading.Lock()
+HTTP_OPTIONS = {
+    "query", "database", "default_format", "decompress", "compress", "user",
+    "password", "query_id", "session_id", "wait_end_of_query", "role",
+}
+INSERT_ROWBINARY = re.compile(
+    r"^\s*INSERT\s+INTO\s+(\S+)\s*\((.*?)\)\s*FORMAT\s+RowBinary\s*$", re.S | re.I
+)
+
+
+class ClickHouseError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def run(sql, fmt="TabSeparated"):
+    with LOCK:
+        try:
+            result = SESSION.query(sql, fmt)
+        except Exception as e:  # chdb raises with ClickHouse's own text
+            text = str(e)
+            m = re.search(r"Code: (\d+)", text)
+            raise ClickHouseError(int(m.group(1)) if m else 1000, text)
+    if result is None:
+        return b""
+    if result.has_error():
+        text = result.error_message()
+        m = re.search(r"Code: (\d+)", text)
+        raise ClickHouseError(int(m.group(1)) if m else 1000, text)
+    return result.bytes()
+
+
+def decompress(data):
+    """ClickHouse's compressed blocks: checksum(16) method(1) size(4) raw(4) payload."""
+    out = bytearray()
+    at = 0
+    while at < len(data):
+        method = data[at + 16]
+        compressed, raw = struct.unpack_from("<II", data, at + 17)
+        payload = bytes(data[at + 25 : at + 16 + compressed])
+        if method == 0x82:
+            out += lz4.block.decompress(payload, uncompressed_size=raw)
+        elif method == 0x02:
+            out += payload
+        else:
+            raise ClickHouseError(271, f"Code: 271. DB::Exception: unknown compression method {method:#x}")
+        at += 16 + compressed
+    return bytes(out)
+
+
+def setting_value(v):
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(body)
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length", "0") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def reply(self, status, body, code=None):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        if code is not None:
+            self.send_header("X-ClickHouse-Exception-Code", str(code))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if urlparse(self.path).path == "/ping":
+            return self.reply(200, b"Ok.\n")
+        self.do_POST()
+
+    def do_POST(self):
+        params = {k: v[-1] for k, v in parse_qs(urlparse(self.path).query).items()}
+        body = self.read_body()
+        try:
+            self.check_auth(params)
+            if params.get("decompress") == "1" and body:
+                body = decompress(body)
+            out = self.execute(params, body)
+            self.reply(200, out)
+        except ClickHouseError as e:
+            status = 404 if e.code in (60, 81) else 403 if e.code == 516 else 400 if e.code == 62 else 500
+            text = str(e)
+            if not text.startswith("Code:"):
+                text = f"Code: {e.code}. DB::Exception: {text}"
+            self.reply(status, (text + "\n").encode(), e.code)
+
+    def check_auth(self, params):
+        given = self.headers.get("X-ClickHouse-Key", params.get("password", ""))
+        if PASSWORD and given != PASSWORD:
+            raise ClickHouseError(516, "Code: 516. DB::Exception: default: Authentication failed: password is incorrect. (AUTHENTICATION_FAILED)")
+
+    def execute(self, params, body):
+        sql = params.get("query", "")
+        settings = {k: v for k, v in params.items() if k not in HTTP_OPTIONS}
+        fmt = params.get("default_format", "TabSeparated")
+        m = INSERT_ROWBINARY.match(sql)
+        if m:
+            return self.insert(m.group(1), m.group(2), body, settings)
+        sql = (sql + "\n" + body.decode()) if sql else body.decode()
+        sql = sql.strip().rstrip(";")
+        fm = re.search(r"\bFORMAT\s+(\w+)\s*$", sql, re.I)
+        if fm:
+            fmt = fm.group(1)
+            sql = sql[: fm.start()]
+        return run(sql, fmt)
+
+    def insert(self, table, columns, body, settings):
+        cols = [c.strip().strip("`") for c in columns.split(",")]
+        described = run(f"DESCRIBE TABLE {table}").decode().splitlines()
+        types = {}
+        for line in described:
+            f = line.split("\t")
+            types[f[0]] = f[1]
+        missing = [c for c in cols if c not in types]
+        if missing:
+            raise ClickHouseError(16, f"Code: 16. DB::Exception: No such column {missing[0]} in table {table}")
+        structure = ", ".join(f"`{c}` {types[c]}" for c in cols)
+        with tempfile.NamedTemporaryFile(dir=DATA_DIR, suffix=".bin", delete=False) as f:
+            f.write(body)
+            path = f.name
+        try:
+            clause = ""
+            if settings:
+                clause = " SETTINGS " + ", ".join(f"{k} = {setting_value(v)}" for k, v in settings.items())
+            col_list = ", ".join(f"`{c}`" for c in cols)
+            run(
+                f"INSERT INTO {table} ({col_list}){clause} "
+                f"SELECT * FROM file('{path}', 'RowBinary', {setting_value(structure)})"
+            )
+        finally:
+            os.unlink(path)
+        return b""
+
+
+ThreadingHTTPServer.allow_reuse_address = True
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+server.daemon_threads = True
+server.serve_forever()
