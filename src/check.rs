@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::checkpoint::Checkpoints;
-use crate::clickhouse::{Server, schema_of};
+use crate::clickhouse::{Delivery, Server, schema_of};
 use crate::config::Config;
 
 /// Prints a report to stdout and returns the number of problems found.
@@ -116,14 +116,17 @@ pub async fn check(config: &Config) -> usize {
             }
         }
     }
-    if version.has_dedup_token() {
-        println!(
-            "ok       the server accepts insert_deduplication_token; retried batches carry the same token"
-        );
-    } else {
-        println!(
-            "note     ClickHouse {version} has no insert_deduplication_token: delivery is at-least-once (a batch retried after an unanswered insert may arrive twice)"
-        );
+    match server.delivery(version).await {
+        Delivery::ExactlyOnce(why) => {
+            println!(
+                "ok       delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
+            );
+        }
+        Delivery::AtLeastOnce(why) => {
+            println!(
+                "note     delivery is at-least-once: {why}. A batch inserted just before a crash, before its checkpoint, is sent again"
+            );
+        }
     }
     problems
 }

@@ -254,6 +254,65 @@ impl Server {
         ))
     }
 
+    /// Whether a retried batch is recognised by this server and table, and
+    /// why (DESIGN.md §2.3).
+    pub async fn delivery(&self, version: Version) -> Delivery {
+        if !version.has_dedup_token() {
+            return Delivery::AtLeastOnce(format!(
+                "ClickHouse {version} has no insert_deduplication_token (22.2 and later have)"
+            ));
+        }
+        let sql = format!(
+            "SELECT engine, engine_full FROM system.tables WHERE database = '{}' AND name = '{}'",
+            self.cfg.database, self.cfg.table
+        );
+        let row = match self.text(&sql, &[]).await {
+            Ok(t) => t,
+            Err(f) => {
+                return Delivery::AtLeastOnce(format!(
+                    "cannot read the table's engine: {}",
+                    f.message
+                ));
+            }
+        };
+        let (engine, full) = row.trim_end().split_once('\t').unwrap_or((row.trim(), ""));
+        if engine.starts_with("Replicated") || engine.starts_with("Shared") {
+            return Delivery::ExactlyOnce(format!("{engine} deduplicates inserts by default"));
+        }
+        if engine == "Distributed" {
+            return Delivery::AtLeastOnce(
+                "a Distributed table forwards inserts; delivery is exactly-once only if its local tables deduplicate (Replicated*, or MergeTree with non_replicated_deduplication_window > 0)".into(),
+            );
+        }
+        if !engine.ends_with("MergeTree") {
+            return Delivery::AtLeastOnce(format!(
+                "the {engine} engine does not deduplicate inserts"
+            ));
+        }
+        let window = match table_setting(full, "non_replicated_deduplication_window") {
+            Some(w) => w,
+            None => self
+                .text(
+                    "SELECT value FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'",
+                    &[],
+                )
+                .await
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+        };
+        if window > 0 {
+            Delivery::ExactlyOnce(format!(
+                "{engine} with non_replicated_deduplication_window = {window}"
+            ))
+        } else {
+            Delivery::AtLeastOnce(format!(
+                "plain {engine} with non_replicated_deduplication_window = 0; for exactly-once run: ALTER TABLE `{}`.`{}` MODIFY SETTING non_replicated_deduplication_window = 1000",
+                self.cfg.database, self.cfg.table
+            ))
+        }
+    }
+
     /// Creates the database (if needed) and the default table of DESIGN.md
     /// §1, with exactly its columns. On servers that can deduplicate inserts
     /// into a plain MergeTree, the table is created with a deduplication
@@ -313,6 +372,22 @@ impl Server {
         .await;
         result.map_err(|e| classify(&e))
     }
+}
+
+/// Whether a crash can send a batch twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    ExactlyOnce(String),
+    AtLeastOnce(String),
+}
+
+/// `name = N` from the SETTINGS clause of an `engine_full`.
+fn table_setting(engine_full: &str, name: &str) -> Option<u64> {
+    let settings = engine_full.split(" SETTINGS ").nth(1)?;
+    settings.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 fn unescape_tsv(s: &str) -> String {
@@ -426,6 +501,20 @@ mod tests {
         assert_eq!(
             classify(&clickhouse::error::Error::TimedOut).class,
             Class::Transient
+        );
+    }
+
+    #[test]
+    fn table_settings_are_read_from_engine_full() {
+        let full = "MergeTree ORDER BY ts SETTINGS non_replicated_deduplication_window = 1000, index_granularity = 8192";
+        assert_eq!(
+            table_setting(full, "non_replicated_deduplication_window"),
+            Some(1000)
+        );
+        assert_eq!(table_setting(full, "index_granularity"), Some(8192));
+        assert_eq!(
+            table_setting("MergeTree() ORDER BY (a)", "index_granularity"),
+            None
         );
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch;
 use crate::checkpoint::{Checkpoints, Loaded, Manifest, StateError};
-use crate::clickhouse::{Backoff, Class, Server, Version, schema_of};
+use crate::clickhouse::{Backoff, Class, Delivery, Server, Version, schema_of};
 use crate::config::Config;
 use crate::insert::{self, Inserter, Outcome};
 use crate::parse::Schema;
@@ -95,6 +95,10 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let sql = insert::insert_sql(&config.clickhouse, &schema);
     tracing::info!(server = %version, table = %format!("{}.{}", config.clickhouse.database, config.clickhouse.table), columns = schema.columns().len(), "ClickHouse reached");
 
+    match server.delivery(version).await {
+        Delivery::ExactlyOnce(why) => tracing::info!("delivery is exactly-once: {why}"),
+        Delivery::AtLeastOnce(why) => tracing::warn!("delivery is at-least-once: {why}"),
+    }
     let stats = Arc::new(Stats::default());
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let quarantine = Arc::new(Mutex::new(Quarantine::new(&state_dir, stats.clone())));

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v clickhouse-server >/dev/null 2>&1 || command -v clickhouse >/dev/null 2>&1 || need_apt+=(clickhouse-server)
 command -v logrotate >/dev/null 2>&1 || need_apt+=(logrotate)
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
@@ -24,7 +25,9 @@ fi
 # ClickHouse 26.9; tests/support/chdb_front.py serves it over HTTP).
 if ! python3 -c 'import chdb, lz4.block' >/dev/null 2>&1; then
   echo "installing: chdb-core lz4 (PyPI)"
-  python3 -m pip install -q --disable-pip-version-check chdb-core==26.9.0 lz4 2>&1 | grep -v "Running pip as the 'root' user" || true
+  pip_install() { python3 -m pip install -q --disable-pip-version-check "$@" chdb-core==26.9.0 lz4; }
+  # Debian's own Python refuses system-wide installs unless told otherwise.
+  pip_install 2>/dev/null || pip_install --break-system-packages
   python3 -c 'import chdb, lz4.block'
 fi
 

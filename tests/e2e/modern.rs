@@ -24,7 +24,9 @@ fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_passwor
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("ClickHouse 26."), "{stdout}");
     assert!(
-        stdout.contains("accepts insert_deduplication_token"),
+        stdout.contains(
+            "delivery is exactly-once: MergeTree with non_replicated_deduplication_window = 1000"
+        ),
         "{stdout}"
     );
     assert!(!stdout.contains("modern-pw"));
@@ -117,4 +119,31 @@ fn exactly_once_through_kill_9_at_random_moments_with_rotation() {
     );
     assert_eq!((lost, dups), (0, 0), "chtail log:\n{}", chtail.logs());
     assert!(chtail.terminate(SHORT).success());
+}
+
+#[test]
+fn check_explains_why_a_plain_merge_tree_is_only_at_least_once() {
+    let ch = ClickHouse::modern("");
+    let env = Env::new(&ch, "modern_plain", "events.jsonl", "");
+    ch.query(&format!("CREATE DATABASE IF NOT EXISTS {}", env.database));
+    ch.query(&format!(
+        "CREATE TABLE {} (ts String, event String, guild_id String, type String, command String, duration_ms Float64) \
+         ENGINE = MergeTree ORDER BY ts",
+        env.table()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
+        .args(["check", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("delivery is at-least-once: plain MergeTree with non_replicated_deduplication_window = 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("MODIFY SETTING non_replicated_deduplication_window = 1000"),
+        "{stdout}"
+    );
 }
