@@ -19,6 +19,8 @@ use twox_hash::XxHash64;
 use crate::checkpoint::FileId;
 use crate::config;
 use crate::queue::{Chunk, Queue};
+use crate::stats::Stats;
+use std::sync::atomic::Ordering;
 
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -85,7 +87,15 @@ pub fn token(batch: &Batch) -> String {
     format!("chtail-{:016x}", XxHash64::oneshot(0, text.as_bytes()))
 }
 
-pub async fn run(queue: Arc<Queue>, limits: config::Batch, out: mpsc::Sender<Batch>) {
+/// The most `parts_pressure` stretches `max_wait`: 2^4 = 16 times.
+pub const MAX_PRESSURE: u64 = 4;
+
+pub async fn run(
+    queue: Arc<Queue>,
+    limits: config::Batch,
+    stats: Arc<Stats>,
+    out: mpsc::Sender<Batch>,
+) {
     let mut carry: Option<Chunk> = None;
     loop {
         let first = match carry.take() {
@@ -95,7 +105,8 @@ pub async fn run(queue: Arc<Queue>, limits: config::Batch, out: mpsc::Sender<Bat
                 None => break,
             },
         };
-        let deadline = Instant::now() + limits.max_wait;
+        let pressure = stats.parts_pressure.load(Ordering::Relaxed).min(MAX_PRESSURE);
+        let deadline = Instant::now() + limits.max_wait * (1 << pressure);
         let mut batch = Batch::default();
         batch.push(first);
         let mut closed = false;
@@ -166,7 +177,8 @@ mod tests {
             q.push(chunk(1, i * 10, i * 10 + 10, 4), &never).unwrap();
         }
         let (tx, mut rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(q.clone(), limits(8, 1000), tx));
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(run(q.clone(), limits(8, 1000), stats.clone(), tx));
         let b = rx.recv().await.unwrap();
         assert_eq!(
             (b.rows, b.ranges()),
@@ -186,6 +198,13 @@ mod tests {
         let b = rx.recv().await.unwrap();
         assert_eq!(b.rows, 4);
         assert!(Instant::now() - t0 >= Duration::from_millis(1000));
+        // Under parts pressure the wait stretches, so batches grow.
+        stats.parts_pressure.store(2, std::sync::atomic::Ordering::Relaxed);
+        q.push(chunk(1, 50, 60, 4), &never).unwrap();
+        let t0 = Instant::now();
+        let b = rx.recv().await.unwrap();
+        assert_eq!(b.rows, 4);
+        assert!(Instant::now() - t0 >= Duration::from_millis(4000));
         q.close();
         assert!(rx.recv().await.is_none());
         task.await.unwrap();

@@ -119,6 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         stats: stats.clone(),
         give_up,
         retry: (config.clickhouse.retry_initial, config.clickhouse.retry_max),
+        calm_inserts: 0,
     };
     let mut inserter = inserter;
     // A batch a crash interrupted goes out again first, byte for byte.
@@ -140,7 +141,12 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     }
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let mut insert_task = tokio::spawn(inserter.run(batch_rx));
-    let batch_task = tokio::spawn(batch::run(queue.clone(), config.batch.clone(), batch_tx));
+    let batch_task = tokio::spawn(batch::run(
+        queue.clone(),
+        config.batch.clone(),
+        stats.clone(),
+        batch_tx,
+    ));
     let tailer = Tailer::new(
         &config.sources,
         config.tail.clone(),

@@ -42,7 +42,12 @@ pub struct Inserter {
     /// Becomes true when the shutdown deadline has passed.
     pub give_up: watch::Receiver<bool>,
     pub retry: (std::time::Duration, std::time::Duration),
+    /// Inserts in a row that succeeded, for easing parts pressure.
+    pub calm_inserts: u32,
 }
+
+/// ClickHouse's TOO_MANY_PARTS.
+const TOO_MANY_PARTS: u32 = 252;
 
 /// How the insert stage ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -203,6 +208,7 @@ impl Inserter {
             let result = self.server.insert(&self.sql, parts.clone(), token).await;
             let failure = match result {
                 Ok(()) => {
+                    self.relax_parts_pressure();
                     if backoff.attempts() > 0 {
                         tracing::info!(
                             attempts = backoff.attempts() + 1,
@@ -220,6 +226,14 @@ impl Inserter {
             self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
             if failure.class == Class::BadData {
                 return Err(SendError::Bad(failure));
+            }
+            if failure.code == Some(TOO_MANY_PARTS) {
+                // Fewer, bigger inserts give the server's merges time.
+                let p = &self.stats.parts_pressure;
+                let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    (v < batch::MAX_PRESSURE).then_some(v + 1)
+                });
+                self.calm_inserts = 0;
             }
             if failure.class == Class::Operator {
                 // Skip the quick retries: nothing changes until someone acts.
@@ -251,6 +265,17 @@ impl Inserter {
                 _ = tokio::time::sleep(delay) => {}
                 _ = give_up.wait_for(|g| *g) => {}
             }
+        }
+    }
+
+    /// Eases parts pressure back one step per 8 inserts in a row that went
+    /// through.
+    fn relax_parts_pressure(&mut self) {
+        self.calm_inserts += 1;
+        if self.calm_inserts >= 8 {
+            self.calm_inserts = 0;
+            let p = &self.stats.parts_pressure;
+            let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
         }
     }
 

@@ -16,6 +16,9 @@ pub struct Stats {
     pub insert_failures: AtomicU64,
     pub queue_rows: AtomicU64,
     pub queue_bytes: AtomicU64,
+    /// 0 normally; raised by TOO_MANY_PARTS, which makes the batcher wait
+    /// up to 2^n times `batch.max_wait`, so batches grow and inserts thin out.
+    pub parts_pressure: AtomicU64,
 }
 
 impl Stats {
