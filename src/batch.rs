@@ -105,7 +105,10 @@ pub async fn run(
                 None => break,
             },
         };
-        let pressure = stats.parts_pressure.load(Ordering::Relaxed).min(MAX_PRESSURE);
+        let pressure = stats
+            .parts_pressure
+            .load(Ordering::Relaxed)
+            .min(MAX_PRESSURE);
         let deadline = Instant::now() + limits.max_wait * (1 << pressure);
         let mut batch = Batch::default();
         batch.push(first);
@@ -199,7 +202,9 @@ mod tests {
         assert_eq!(b.rows, 4);
         assert!(Instant::now() - t0 >= Duration::from_millis(1000));
         // Under parts pressure the wait stretches, so batches grow.
-        stats.parts_pressure.store(2, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .parts_pressure
+            .store(2, std::sync::atomic::Ordering::Relaxed);
         q.push(chunk(1, 50, 60, 4), &never).unwrap();
         let t0 = Instant::now();
         let b = rx.recv().await.unwrap();

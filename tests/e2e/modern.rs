@@ -147,3 +147,39 @@ fn check_explains_why_a_plain_merge_tree_is_only_at_least_once() {
         "{stdout}"
     );
 }
+
+#[test]
+fn clickhouse_killed_and_restarted_repeatedly_during_a_stream_loses_and_duplicates_nothing() {
+    let mut ch = ClickHouse::modern("");
+    let env = Env::new(
+        &ch,
+        "modern_server_kills",
+        "events.jsonl*",
+        "[batch]\nmax_rows = 3000\nmax_wait = \"200ms\"",
+    );
+    let n = 24_000;
+    let mut chtail = env.start();
+    let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 128 << 10, 3_000);
+    let mut kills = 0;
+    while writer.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(700));
+        ch.kill9();
+        kills += 1;
+        // Down for longer than a batch interval.
+        std::thread::sleep(Duration::from_millis(400 + 300 * (kills % 3)));
+        ch.resume();
+    }
+    assert!(writer.wait().unwrap().success());
+    crate::support::wait_until(SHORT, "every event", || {
+        seq_counts(&ch, &env.table()).len() as u64 >= n
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let seqs = seq_counts(&ch, &env.table());
+    let lost = n - seqs.len() as u64;
+    let dups: u64 = seqs.values().map(|c| c - 1).sum();
+    println!(
+        "modern ClickHouse SIGKILLed x{kills} during a stream: {n} events, {lost} lost, {dups} duplicated"
+    );
+    assert_eq!((lost, dups), (0, 0), "chtail log:\n{}", chtail.logs());
+    assert!(chtail.terminate(SHORT).success());
+}

@@ -142,7 +142,7 @@ impl ClickHouse {
         // The watchdog stops the server when this test process is gone,
         // even if it panicked or was killed.
         let script = format!(
-            "{server} >{d}/stdout 2>&1 & s=$!; \
+            "{server} >{d}/stdout 2>&1 & s=$!; echo $s >{d}/pid; \
              trap 'kill $s; wait $s; exit 0' TERM; \
              while kill -0 {me} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.5; done; \
              kill $s 2>/dev/null; wait $s",
@@ -181,6 +181,16 @@ impl ClickHouse {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.try_query("SELECT 1").is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs the server process itself, mid-whatever.
+    pub fn kill9(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
         }
     }
 
