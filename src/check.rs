@@ -55,25 +55,28 @@ pub async fn check(config: &Config) -> usize {
 
     // ClickHouse.
     let ch = &config.clickhouse;
-    let server = Server::new(ch);
-    let version = match server.version().await {
-        Ok(v) => {
-            println!(
-                "ok       ClickHouse {} at {} answers as user {}",
-                v, ch.url, ch.user
-            );
-            v
-        }
-        Err(f) => {
-            bad(format!(
+    let mut reachable = None;
+    for one in Server::new(ch).each() {
+        match one.version().await {
+            Ok(v) => {
+                println!(
+                    "ok       ClickHouse {v} at {} answers as user {}",
+                    one.url(),
+                    ch.user
+                );
+                reachable.get_or_insert((one, v));
+            }
+            Err(f) => bad(format!(
                 "ClickHouse at {} does not answer as user {}: {} ({})",
-                ch.url,
+                one.url(),
                 ch.user,
                 f.message,
                 f.advice()
-            ));
-            return problems;
+            )),
         }
+    }
+    let Some((server, version)) = reachable else {
+        return problems;
     };
     let table = format!("{}.{}", ch.database, ch.table);
     let mut columns = match server.describe().await {

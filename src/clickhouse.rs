@@ -5,6 +5,8 @@
 //! the batch to isolate bad rows, or shout for an operator while retrying.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clickhouse::{Client, Compression};
@@ -142,10 +144,13 @@ fn one_line(s: &str) -> String {
     out
 }
 
-/// A connection to the configured server and table.
+/// A connection to the configured server (or replicas) and table.
 #[derive(Clone)]
 pub struct Server {
-    client: Client,
+    /// One client per URL, in the configured order.
+    clients: Vec<Client>,
+    /// Which one is in use; moves on when it fails ([`Server::fail_over`]).
+    current: Arc<AtomicUsize>,
     cfg: config::ClickHouse,
 }
 
@@ -173,24 +178,62 @@ impl Server {
             .build(connector);
         // No session database: every statement names `database`.`table`, so
         // a database that does not exist yet can still be created.
-        let client = Client::with_http_client(http)
-            .with_url(&cfg.url)
-            .with_user(&cfg.user)
-            .with_password(cfg.password.expose())
-            .with_compression(if cfg.compression {
-                Compression::Lz4
-            } else {
-                Compression::None
+        let clients = cfg
+            .urls
+            .iter()
+            .map(|url| {
+                Client::with_http_client(http.clone())
+                    .with_url(url)
+                    .with_user(&cfg.user)
+                    .with_password(cfg.password.expose())
+                    .with_compression(if cfg.compression {
+                        Compression::Lz4
+                    } else {
+                        Compression::None
+                    })
+                    .with_validation(false)
             })
-            .with_validation(false);
+            .collect();
         Server {
-            client,
+            clients,
+            current: Arc::new(AtomicUsize::new(0)),
             cfg: cfg.clone(),
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    fn client(&self) -> &Client {
+        &self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()]
+    }
+
+    /// The URL in use.
+    pub fn url(&self) -> &str {
+        &self.cfg.urls[self.current.load(Ordering::Relaxed) % self.cfg.urls.len()]
+    }
+
+    /// Moves on to the next replica, if there is another one. Called after
+    /// a network fault, timeout or overload; the batch is retried there
+    /// (with the same token, which Replicated tables deduplicate across
+    /// replicas).
+    pub fn fail_over(&self) {
+        if self.clients.len() > 1 {
+            let from = self.url().to_string();
+            self.current.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(from = %from, to = %self.url(), "failing over to the next ClickHouse URL");
+        }
+    }
+
+    /// A server for each configured URL on its own (for `chtail check`).
+    pub fn each(&self) -> Vec<Server> {
+        (0..self.clients.len())
+            .map(|i| Server {
+                clients: vec![self.clients[i].clone()],
+                current: Arc::new(AtomicUsize::new(0)),
+                cfg: config::ClickHouse {
+                    urls: vec![self.cfg.urls[i].clone()],
+                    ..self.cfg.clone()
+                },
+            })
+            .collect()
     }
 
     pub fn config(&self) -> &config::ClickHouse {
@@ -199,7 +242,7 @@ impl Server {
 
     /// Runs a query and returns its TabSeparated output.
     async fn text(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, Failure> {
-        let mut q = self.client.query(sql);
+        let mut q = self.client().query(sql);
         for (k, v) in settings {
             q = q.with_setting(*k, *v);
         }
@@ -354,7 +397,7 @@ impl Server {
         parts: Vec<bytes::Bytes>,
         token: Option<&str>,
     ) -> Result<(), Failure> {
-        let mut insert = self.client.insert_formatted_with(sql).with_timeouts(
+        let mut insert = self.client().insert_formatted_with(sql).with_timeouts(
             Some(self.cfg.request_timeout),
             Some(self.cfg.request_timeout),
         );

@@ -30,7 +30,8 @@ pub struct Config {
 
 #[derive(Clone)]
 pub struct ClickHouse {
-    pub url: String,
+    /// One URL, or several replicas to fail over between, in order.
+    pub urls: Vec<String>,
     pub database: String,
     pub table: String,
     pub user: String,
@@ -46,7 +47,7 @@ pub struct ClickHouse {
 impl fmt::Debug for ClickHouse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClickHouse")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("database", &self.database)
             .field("table", &self.table)
             .field("user", &self.user)
@@ -180,7 +181,7 @@ const KNOWN: &[(&str, &[&str])] = &[
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawClickHouse {
-    url: Option<Spanned<String>>,
+    url: Option<Spanned<Urls>>,
     database: Option<Spanned<String>>,
     table: Option<Spanned<String>>,
     user: Option<String>,
@@ -233,6 +234,14 @@ struct RawTail {
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
     timeout: Option<Spanned<String>>,
+}
+
+/// `url = "http://a:8123"` or `url = ["http://a:8123", "http://b:8123"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Urls {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A size given as a number of bytes or a string such as `"16MiB"`.
@@ -523,33 +532,44 @@ impl Validator<'_> {
         shutdown: RawShutdown,
     ) -> Config {
         // [clickhouse]
-        let url = match ch.url {
-            None if self.failed.iter().any(|f| f == "clickhouse") => String::new(),
+        let urls = match ch.url {
+            None if self.failed.iter().any(|f| f == "clickhouse") => Vec::new(),
             None => {
                 self.problem(
                     "clickhouse.url",
                     None,
                     format!("is required, e.g. url = \"{DEFAULT_URL_HINT}\""),
                 );
-                String::new()
+                Vec::new()
             }
             Some(u) => {
-                let s = u.get_ref().trim_end_matches('/').to_string();
-                if s.starts_with("https://") {
-                    self.problem(
-                        "clickhouse.url",
-                        Some(u.span()),
-                        "https is not supported yet; use http:// (e.g. through a local TLS proxy)"
-                            .into(),
-                    );
-                } else if !s.starts_with("http://") || s.len() <= "http://".len() {
-                    self.problem(
-                        "clickhouse.url",
-                        Some(u.span()),
-                        format!("`{s}` is not an http:// URL"),
-                    );
+                let span = u.span();
+                let list = match u.into_inner() {
+                    Urls::One(one) => vec![one],
+                    Urls::Many(many) => many,
+                };
+                if list.is_empty() {
+                    self.problem("clickhouse.url", Some(span.clone()), "names no URL".into());
                 }
-                s
+                list.into_iter()
+                    .map(|u| {
+                        let s = u.trim_end_matches('/').to_string();
+                        if s.starts_with("https://") {
+                            self.problem(
+                                "clickhouse.url",
+                                Some(span.clone()),
+                                "https is not supported yet; use http:// (e.g. through a local TLS proxy)".into(),
+                            );
+                        } else if !s.starts_with("http://") || s.len() <= "http://".len() {
+                            self.problem(
+                                "clickhouse.url",
+                                Some(span.clone()),
+                                format!("`{s}` is not an http:// URL"),
+                            );
+                        }
+                        s
+                    })
+                    .collect()
             }
         };
         let database = self.identifier("clickhouse.database", ch.database, "default");
@@ -602,7 +622,7 @@ impl Validator<'_> {
             Duration::from_secs(30),
         );
         let clickhouse = ClickHouse {
-            url,
+            urls,
             database,
             table,
             user: ch.user.unwrap_or_else(|| "default".into()),
@@ -840,6 +860,7 @@ timeout = "30s"
     fn the_design_example_is_valid() {
         let c = Config::parse(GOOD).expect("valid");
         assert_eq!(c.clickhouse.table, "argus_events");
+        assert_eq!(c.clickhouse.urls, vec!["http://127.0.0.1:8123"]);
         assert_eq!(c.clickhouse.database, "default");
         assert_eq!(c.batch.max_rows, 50_000);
         assert_eq!(c.batch.max_wait, Duration::from_secs(1));
@@ -888,6 +909,23 @@ a = 1
         assert!(has("line 12: `batch.max_rows`"), "{shown:?}");
         assert!(has("line 14: `extra`: unknown section"), "{shown:?}");
         assert_eq!(problems.len(), 5, "{shown:?}");
+    }
+
+    #[test]
+    fn url_may_list_replicas() {
+        let c = Config::parse(&GOOD.replace(
+            "url = \"http://127.0.0.1:8123\"",
+            "url = [\"http://a:8123/\", \"http://b:8123\"]",
+        ))
+        .expect("valid");
+        assert_eq!(c.clickhouse.urls, vec!["http://a:8123", "http://b:8123"]);
+        let problems = Config::parse(&GOOD.replace(
+            "url = \"http://127.0.0.1:8123\"",
+            "url = [\"http://a:8123\", \"ftp://b\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(problems[0].key, "clickhouse.url");
+        assert!(problems[0].message.contains("ftp://b"));
     }
 
     #[test]

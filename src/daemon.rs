@@ -269,10 +269,11 @@ async fn connect(server: &Server) -> (Version, Schema) {
             Err((class, msg)) => {
                 let delay = backoff.next_delay();
                 if class == Class::Operator || backoff.attempts() > 3 {
-                    tracing::error!(url = %cfg.url, retry_in = ?delay, "cannot start shipping: {msg}");
+                    tracing::error!(url = %server.url(), retry_in = ?delay, "cannot start shipping: {msg}");
                 } else {
-                    tracing::warn!(url = %cfg.url, retry_in = ?delay, "ClickHouse not reachable yet: {msg}");
+                    tracing::warn!(url = %server.url(), retry_in = ?delay, "ClickHouse not reachable yet: {msg}");
                 }
+                server.fail_over();
                 tokio::time::sleep(delay).await;
             }
         }
@@ -295,6 +296,17 @@ async fn try_connect(server: &Server) -> Result<(Version, Schema), (Class, Strin
         server.create_default_table(version).await.map_err(fail)?;
         tracing::info!(table = %cfg.table, "created the table");
         columns = server.describe().await.map_err(fail)?;
+    }
+    if cfg.create_table && cfg.urls.len() > 1 {
+        // Every replica gets the default table, so a fail-over finds it.
+        for other in server.each() {
+            if let Ok(None) = other.describe().await
+                && let Ok(v) = other.version().await
+                && other.create_default_table(v).await.is_ok()
+            {
+                tracing::info!(url = %other.url(), table = %cfg.table, "created the table");
+            }
+        }
     }
     let Some(columns) = columns else {
         return Err((

@@ -241,6 +241,8 @@ impl Inserter {
                     backoff.next_delay();
                 }
             }
+            // Another replica may take it; the same token goes with it.
+            self.server.fail_over();
             let delay = backoff.next_delay();
             match failure.class {
                 Class::Operator => tracing::error!(

@@ -57,8 +57,8 @@ const RELEASE_IDLE: Duration = Duration::from_secs(10);
 /// Errors about one path are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 const BOM: &[u8] = b"\xEF\xBB\xBF";
-/// How long a new file under a full fingerprint must keep its size before
-/// it is tracked.
+/// How long a new file under a full fingerprint waits, after it was first
+/// seen, before it is tracked (a copy being written is complete by then).
 const SETTLE_NEW: Duration = Duration::from_millis(200);
 
 /// The stop signal and the wake-ups for the tailer thread.
@@ -149,8 +149,8 @@ pub struct Tailer {
     /// Files found truncated in place, by their old id: how far they had
     /// been handed out, so that their rotated copy resumes there.
     ghosts: HashMap<FileId, u64>,
-    /// New small files not tracked yet: size at first look at that size.
-    unsettled: HashMap<(u64, u64), (u64, Instant)>,
+    /// New small files not tracked yet, and when they were first seen.
+    unsettled: HashMap<(u64, u64), Instant>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -311,16 +311,14 @@ impl Tailer {
                 continue;
             }
             // A small new file may be a copy still being written
-            // (copytruncate): judge its identity once it stops growing or has
-            // a full fingerprint. Until then it has little or nothing to ship.
+            // (copytruncate): judge its identity a moment after it first
+            // appeared, or once it has a full fingerprint. Until then it has
+            // little or nothing to ship.
             if meta.len() < identity::FINGERPRINT_MAX {
                 let now = Instant::now();
-                let seen = match self.unsettled.get(&key) {
-                    Some(&(size, since)) if size == meta.len() => since,
-                    _ => now,
-                };
-                settling.insert(key, (meta.len(), seen));
-                if meta.len() == 0 || now.duration_since(seen) < SETTLE_NEW {
+                let first_seen = self.unsettled.get(&key).copied().unwrap_or(now);
+                settling.insert(key, first_seen);
+                if meta.len() == 0 || now.duration_since(first_seen) < SETTLE_NEW {
                     continue;
                 }
             }

@@ -353,3 +353,85 @@ fn check_creates_the_table_and_status_shows_lag() {
         size
     );
 }
+
+#[test]
+fn with_two_urls_chtail_fails_over_when_one_server_stops() {
+    let mut a = ClickHouse::start();
+    let b = ClickHouse::start();
+    let env = support::Env::new(
+        &a,
+        "failover",
+        "events.jsonl*",
+        "[batch]\nmax_rows = 2000\nmax_wait = \"200ms\"",
+    );
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace(
+            &format!("url = \"{}\"", a.url()),
+            &format!("url = [\"{}\", \"{}\"]", a.url(), b.url()),
+        ),
+    )
+    .unwrap();
+    let n = 12_000;
+    let mut chtail = env.start();
+    let mut writer = support::bot(&env.log("events.jsonl"), "rotating", 0, n, 256 << 10, 2_000);
+    wait_until(SHORT, "rows on the first server", || {
+        count(&a, &env.table()) > 0
+    });
+    a.kill9();
+    assert!(
+        a.try_query("SELECT 1").is_err(),
+        "the first server must be down"
+    );
+    assert!(
+        writer.try_wait().unwrap().is_none(),
+        "the writer must still be writing"
+    );
+    assert!(writer.wait().unwrap().success());
+    wait_until(SHORT, "every file committed to its end", || {
+        support::all_committed(&env.config, &env.logs)
+    });
+    assert!(chtail.terminate(SHORT).success());
+    a.resume();
+    let mut seqs = support::seq_counts(&a, &env.table());
+    for (seq, c) in support::seq_counts(&b, &env.table()) {
+        *seqs.entry(seq).or_default() += c;
+    }
+    let lost = n - seqs.len() as u64;
+    if lost > 0 {
+        let missing: Vec<u64> = (0..n).filter(|s| !seqs.contains_key(s)).collect();
+        let mut where_ = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(&env.logs).unwrap().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            for m in &missing {
+                if text.contains(&format!("10:00:00.{m:06}")) {
+                    *where_.entry(e.path().display().to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        eprintln!(
+            "missing {}..{} ({}), in files: {where_:?}",
+            missing[0],
+            missing[missing.len() - 1],
+            missing.len()
+        );
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(env.state.join("state.json")).unwrap()
+        );
+    }
+    let dups: u64 = seqs.values().map(|c| c - 1).sum();
+    println!(
+        "failover: {n} events, {} on the first server, {} on the second, {lost} lost, {dups} duplicated",
+        count(&a, &env.table()),
+        count(&b, &env.table())
+    );
+    assert_eq!(lost, 0, "{}", chtail.logs());
+    assert!(
+        dups <= 2000,
+        "at most the batch in flight when the server stopped"
+    );
+    assert!(count(&b, &env.table()) > 0);
+    assert!(chtail.logs().contains("failing over"), "{}", chtail.logs());
+}

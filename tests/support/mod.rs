@@ -405,7 +405,10 @@ impl Chtail {
         let child = Command::new(env!("CARGO_BIN_EXE_chtail"))
             .args(["run", "--config"])
             .arg(config)
-            .env("CHTAIL_LOG", "info")
+            .env(
+                "CHTAIL_LOG",
+                std::env::var("CHTAIL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -556,4 +559,26 @@ pub fn seqs_on_disk(dir: &Path) -> std::collections::HashSet<u64> {
         }
     }
     out
+}
+
+/// Whether `chtail status` shows every non-empty file of `logs` tracked and
+/// committed to its end.
+pub fn all_committed(config: &Path, logs: &Path) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let done: std::collections::HashSet<String> = rows
+        .iter()
+        .filter(|r| r["lag_bytes"].as_u64() == Some(0))
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .collect();
+    std::fs::read_dir(logs).unwrap().flatten().all(|e| {
+        e.metadata().is_ok_and(|m| m.len() == 0) || done.contains(&e.path().display().to_string())
+    })
 }
