@@ -68,6 +68,7 @@ impl Inserter {
     pub async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
         while let Some(batch) = input.recv().await {
             let token = batch::token(&batch);
+            tracing::debug!(token, rows = batch.rows, ranges = ?batch.ranges(), "sending batch");
             self.record(&batch, &token).await;
             if !self.deliver(&batch, &token).await {
                 let mut rows_left = batch.rows;

@@ -183,3 +183,65 @@ fn clickhouse_killed_and_restarted_repeatedly_during_a_stream_loses_and_duplicat
     assert_eq!((lost, dups), (0, 0), "chtail log:\n{}", chtail.logs());
     assert!(chtail.terminate(SHORT).success());
 }
+
+/// Everything at once, for minutes: a rotating writer, chtail SIGKILLed and
+/// restarted, ClickHouse SIGKILLed and restarted, at random moments.
+/// `cargo test --test e2e chaos -- --ignored --nocapture`
+/// (`CHTAIL_CHAOS_SECS`, default 180, sets how long).
+#[test]
+#[ignore = "minutes long; run on demand"]
+fn chaos() {
+    let secs: u64 = std::env::var("CHTAIL_CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(180);
+    let mut ch = ClickHouse::modern("");
+    let env = Env::new(
+        &ch,
+        "chaos",
+        "events.jsonl*",
+        "[batch]\nmax_rows = 5000\nmax_wait = \"300ms\"",
+    );
+    let rate = 3_000;
+    // `ts` holds six digits of sequence number.
+    let n = (secs * rate).min(999_999);
+    let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 512 << 10, rate);
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut chtail_kills, mut server_kills) = (0, 0);
+    let mut chtail = env.start();
+    while writer.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(500 + next() % 2500));
+        if next() % 2 == 0 {
+            chtail.kill9();
+            chtail_kills += 1;
+            std::thread::sleep(Duration::from_millis(next() % 1000));
+            chtail = env.start();
+        } else {
+            ch.kill9();
+            server_kills += 1;
+            std::thread::sleep(Duration::from_millis(next() % 3000));
+            ch.resume();
+        }
+    }
+    assert!(writer.wait().unwrap().success());
+    crate::support::wait_until(Duration::from_secs(600), "every event", || {
+        seq_counts(&ch, &env.table()).len() as u64 >= n
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let seqs = seq_counts(&ch, &env.table());
+    let rows: u64 = seqs.values().sum();
+    let lost = n - seqs.len() as u64;
+    let dups = rows - seqs.len() as u64;
+    println!(
+        "chaos for {secs}s: {n} events written, {rows} rows in ClickHouse, {lost} lost, {dups} duplicated \
+         (chtail SIGKILLed {chtail_kills} times, ClickHouse {server_kills} times)"
+    );
+    assert_eq!((lost, dups), (0, 0), "chtail log:\n{}", chtail.logs());
+    assert!(chtail.terminate(SHORT).success());
+}

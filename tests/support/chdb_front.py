@@ -11,8 +11,13 @@ It speaks the part of ClickHouse's HTTP interface that chtail uses:
 - errors as HTTP 4xx/5xx with `Code: N. DB::Exception: ...` in the body and
   the `X-ClickHouse-Exception-Code` header.
 
+An INSERT whose body does not arrive whole (the client died mid-request)
+inserts nothing, as with ClickHouse itself.
+
 usage: chdb_front.py DATA_DIR PORT [PASSWORD]
-Listens on 127.0.0.1:PORT.
+Listens on 127.0.0.1:PORT. With CHDB_FRONT_LOG=FILE, each insert appends a
+line to FILE: its deduplication token, body bytes, and the table's row count
+before and after (equal counts: the server dropped it as a duplicate).
 """
 import os
 import re
@@ -37,6 +42,10 @@ HTTP_OPTIONS = {
 INSERT_ROWBINARY = re.compile(
     r"^\s*INSERT\s+INTO\s+(\S+)\s*\((.*?)\)\s*FORMAT\s+RowBinary\s*$", re.S | re.I
 )
+
+
+class Aborted(Exception):
+    """The client closed the connection before its request was complete."""
 
 
 class ClickHouseError(Exception):
@@ -91,18 +100,32 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def read_body(self):
+        """The whole request body, or Aborted if the client went away first:
+        like ClickHouse, an INSERT whose body did not arrive whole inserts
+        nothing."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = bytearray()
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line.endswith(b"\n"):
+                    raise Aborted()
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(body)
-                body += self.rfile.read(size)
-                self.rfile.readline()
+                    while True:
+                        trailer = self.rfile.readline()
+                        if not trailer.endswith(b"\n"):
+                            raise Aborted()
+                        if trailer in (b"\r\n", b"\n"):
+                            return bytes(body)
+                data = self.rfile.read(size)
+                if len(data) != size or not self.rfile.readline().endswith(b"\n"):
+                    raise Aborted()
+                body += data
         n = int(self.headers.get("Content-Length", "0") or 0)
-        return self.rfile.read(n) if n else b""
+        data = self.rfile.read(n) if n else b""
+        if len(data) != n:
+            raise Aborted()
+        return data
 
     def reply(self, status, body, code=None):
         self.send_response(status)
@@ -120,7 +143,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         params = {k: v[-1] for k, v in parse_qs(urlparse(self.path).query).items()}
-        body = self.read_body()
+        try:
+            body = self.read_body()
+        except Aborted:
+            self.close_connection = True
+            return
         try:
             self.check_auth(params)
             if params.get("decompress") == "1" and body:
@@ -168,7 +195,9 @@ class Handler(BaseHTTPRequestHandler):
         with tempfile.NamedTemporaryFile(dir=DATA_DIR, suffix=".bin", delete=False) as f:
             f.write(body)
             path = f.name
+        logging = os.environ.get("CHDB_FRONT_LOG")
         try:
+            rows_before = run(f"SELECT count() FROM {table}").strip() if logging else b"-"
             clause = ""
             if settings:
                 clause = " SETTINGS " + ", ".join(f"{k} = {setting_value(v)}" for k, v in settings.items())
@@ -177,6 +206,10 @@ class Handler(BaseHTTPRequestHandler):
                 f"INSERT INTO {table} ({col_list}){clause} "
                 f"SELECT * FROM file('{path}', 'RowBinary', {setting_value(structure)})"
             )
+            if logging:
+                rows_after = run(f"SELECT count() FROM {table}").strip()
+                with open(os.environ["CHDB_FRONT_LOG"], "a") as log:
+                    log.write(f"{settings.get('insert_deduplication_token', '-')} {len(body)} {rows_before.decode()} {rows_after.decode()}\n")
         finally:
             os.unlink(path)
         return b""
