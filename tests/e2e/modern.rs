@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{ClickHouse, Env, SHORT, append, bot, expect_rows, seq_counts};
+use crate::support::{ClickHouse, Env, SHORT, append, bot, expect_rows};
 
 #[test]
 fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_password() {
@@ -86,20 +86,14 @@ fn exactly_once_through_kill_9_at_random_moments_with_rotation() {
     let n = 30_000;
     let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 96 << 10, 4_000);
     let mut kills = 0u64;
-    let mut rng = 0x2545f4914f6cdd1du64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = crate::support::XorShift(0x2545f4914f6cdd1d);
     let started = Instant::now();
     while writer.try_wait().unwrap().is_none() || kills < 8 {
         let mut chtail = env.start();
-        std::thread::sleep(Duration::from_millis(200 + next() % 1200));
+        std::thread::sleep(Duration::from_millis(200 + rng.next() % 1200));
         chtail.kill9();
         kills += 1;
-        std::thread::sleep(Duration::from_millis(next() % 200));
+        std::thread::sleep(Duration::from_millis(rng.next() % 200));
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "the writer never finished"
@@ -107,13 +101,8 @@ fn exactly_once_through_kill_9_at_random_moments_with_rotation() {
     }
     assert!(writer.wait().unwrap().success());
     let mut chtail = env.start();
-    crate::support::wait_until(SHORT, "every event", || {
-        seq_counts(&ch, &env.table()).len() as u64 >= n
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    let seqs = seq_counts(&ch, &env.table());
-    let lost = n - seqs.len() as u64;
-    let dups: u64 = seqs.values().map(|c| c - 1).sum();
+    let (distinct, dups) = crate::support::tally(&ch, &env.table(), n, SHORT);
+    let lost = n - distinct;
     println!(
         "modern ClickHouse, kill -9 x{kills} during rotation-heavy writing: {n} events, {lost} lost, {dups} duplicated"
     );
@@ -170,13 +159,8 @@ fn clickhouse_killed_and_restarted_repeatedly_during_a_stream_loses_and_duplicat
         ch.resume();
     }
     assert!(writer.wait().unwrap().success());
-    crate::support::wait_until(SHORT, "every event", || {
-        seq_counts(&ch, &env.table()).len() as u64 >= n
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    let seqs = seq_counts(&ch, &env.table());
-    let lost = n - seqs.len() as u64;
-    let dups: u64 = seqs.values().map(|c| c - 1).sum();
+    let (distinct, dups) = crate::support::tally(&ch, &env.table(), n, SHORT);
+    let lost = n - distinct;
     println!(
         "modern ClickHouse SIGKILLed x{kills} during a stream: {n} events, {lost} lost, {dups} duplicated"
     );
@@ -206,38 +190,27 @@ fn chaos() {
     // `ts` holds six digits of sequence number.
     let n = (secs * rate).min(999_999);
     let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 512 << 10, rate);
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = crate::support::XorShift(0x9e3779b97f4a7c15);
     let (mut chtail_kills, mut server_kills) = (0, 0);
     let mut chtail = env.start();
     while writer.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(500 + next() % 2500));
-        if next() % 2 == 0 {
+        std::thread::sleep(Duration::from_millis(500 + rng.next() % 2500));
+        if rng.next().is_multiple_of(2) {
             chtail.kill9();
             chtail_kills += 1;
-            std::thread::sleep(Duration::from_millis(next() % 1000));
+            std::thread::sleep(Duration::from_millis(rng.next() % 1000));
             chtail = env.start();
         } else {
             ch.kill9();
             server_kills += 1;
-            std::thread::sleep(Duration::from_millis(next() % 3000));
+            std::thread::sleep(Duration::from_millis(rng.next() % 3000));
             ch.resume();
         }
     }
     assert!(writer.wait().unwrap().success());
-    crate::support::wait_until(Duration::from_secs(600), "every event", || {
-        seq_counts(&ch, &env.table()).len() as u64 >= n
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let seqs = seq_counts(&ch, &env.table());
-    let rows: u64 = seqs.values().sum();
-    let lost = n - seqs.len() as u64;
-    let dups = rows - seqs.len() as u64;
+    let (distinct, dups) = crate::support::tally(&ch, &env.table(), n, Duration::from_secs(600));
+    let rows = distinct + dups;
+    let lost = n - distinct;
     println!(
         "chaos for {secs}s: {n} events written, {rows} rows in ClickHouse, {lost} lost, {dups} duplicated \
          (chtail SIGKILLed {chtail_kills} times, ClickHouse {server_kills} times)"

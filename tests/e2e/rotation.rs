@@ -5,25 +5,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{self, ClickHouse, Env, SHORT, bot, seq_counts, seqs_on_disk, shared};
 
-/// Waits until the table holds `n` distinct events, then returns
-/// (distinct events, duplicated rows).
 fn settle(ch: &ClickHouse, table: &str, n: u64) -> (u64, u64) {
-    let deadline = Instant::now() + SHORT;
-    loop {
-        let seqs = seq_counts(ch, table);
-        let distinct = seqs.len() as u64;
-        if distinct >= n || Instant::now() > deadline {
-            std::thread::sleep(Duration::from_millis(700));
-            let seqs = seq_counts(ch, table);
-            let dups = seqs.values().map(|c| c - 1).sum();
-            return (seqs.len() as u64, dups);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    support::tally(ch, table, n, SHORT)
 }
 
 fn run_python_handler(name: &str, glob: &str, handler: &str, n: u64, max_bytes: u64, rate: u64) {
@@ -205,19 +192,13 @@ fn kill_9_at_random_moments_during_rotation_heavy_writing_loses_nothing() {
     // Python renames every backup on each rotation: keep the files few.
     let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 96 << 10, 5_000);
     let mut kills = 0;
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = support::XorShift(0x9e3779b97f4a7c15);
     while writer.try_wait().unwrap().is_none() {
         let mut chtail = env.start();
-        std::thread::sleep(Duration::from_millis(150 + next() % 900));
+        std::thread::sleep(Duration::from_millis(150 + rng.next() % 900));
         chtail.kill9();
         kills += 1;
-        std::thread::sleep(Duration::from_millis(next() % 300));
+        std::thread::sleep(Duration::from_millis(rng.next() % 300));
     }
     assert!(writer.wait().unwrap().success());
     let mut chtail = env.start();

@@ -582,3 +582,29 @@ pub fn all_committed(config: &Path, logs: &Path) -> bool {
         e.metadata().is_ok_and(|m| m.len() == 0) || done.contains(&e.path().display().to_string())
     })
 }
+
+/// Waits until `table` holds `n` distinct events (or `timeout` passes),
+/// gives a stray extra insert a moment to show, and returns
+/// (distinct events, duplicated rows).
+pub fn tally(ch: &ClickHouse, table: &str, n: u64, timeout: Duration) -> (u64, u64) {
+    let deadline = Instant::now() + timeout;
+    while (seq_counts(ch, table).len() as u64) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let seqs = seq_counts(ch, table);
+    let dups = seqs.values().map(|c| c - 1).sum();
+    (seqs.len() as u64, dups)
+}
+
+/// A small deterministic random source for kill timings (xorshift).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
