@@ -1,7 +1,6 @@
 //! Delivery: every event arrives once, through restarts, drains, outages
 //! and bad input.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
@@ -276,11 +275,7 @@ fn a_bad_config_names_every_key_and_line_and_starts_nothing() {
         "[clickhouse]\nurl = \"http://127.0.0.1:1\"\npasword = \"x\"\n\n[[source]]\npaths = [\"/tmp/x\"]\n\n[batch]\nmax_wait = \"fast\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = crate::support::chtail_cmd(&["run"], &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
@@ -302,11 +297,7 @@ fn check_says_plainly_when_clickhouse_is_unreachable() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = crate::support::chtail_cmd(&["check"], &config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -321,11 +312,7 @@ fn check_creates_the_table_and_status_shows_lag() {
     let ch = shared();
     let env = support::Env::new(ch, "check_status", "events.jsonl", "");
     append(&env.log("events.jsonl"), 0, 10);
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = crate::support::chtail_cmd(&["check"], &env.config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("created it"), "{stdout}");
@@ -339,11 +326,7 @@ fn check_creates_the_table_and_status_shows_lag() {
     expect_rows(ch, &env.table(), 10);
     assert!(chtail.terminate(SHORT).success());
     append(&env.log("events.jsonl"), 10, 20);
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["status", "--json", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = crate::support::chtail_cmd(&["status", "--json"], &env.config);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let size = std::fs::metadata(env.log("events.jsonl")).unwrap().len();
     assert_eq!(rows[0]["size"], size);

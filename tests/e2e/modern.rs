@@ -3,7 +3,6 @@
 //! LZ4 bodies and passwords work, and delivery is exactly once through
 //! SIGKILLs at random moments.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{ClickHouse, Env, SHORT, append, bot, expect_rows};
@@ -15,11 +14,7 @@ fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_passwor
     append(&env.log("events-1.jsonl"), 0, 3000);
     append(&env.log("events-2.jsonl"), 3000, 5000);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = crate::support::chtail_cmd(&["check"], &env.config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("ClickHouse 26."), "{stdout}");
@@ -120,11 +115,7 @@ fn check_explains_why_a_plain_merge_tree_is_only_at_least_once() {
          ENGINE = MergeTree ORDER BY ts",
         env.table()
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = crate::support::chtail_cmd(&["check"], &env.config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(

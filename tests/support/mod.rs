@@ -564,11 +564,7 @@ pub fn seqs_on_disk(dir: &Path) -> std::collections::HashSet<u64> {
 /// Whether `chtail status` shows every non-empty file of `logs` tracked and
 /// committed to its end.
 pub fn all_committed(config: &Path, logs: &Path) -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_chtail"))
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = chtail_cmd(&["status", "--json"], config);
     let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
         return false;
     };
@@ -607,4 +603,14 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// Runs `chtail SUBCOMMAND [ARGS] --config CONFIG` to completion.
+pub fn chtail_cmd(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_chtail"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run chtail")
 }
