@@ -298,3 +298,36 @@ fn with_no_usable_state_chtail_refuses_to_start_rather_than_start_from_zero() {
     );
     assert_eq!(support::count(ch, &env.table()), 0);
 }
+
+/// Descriptors chtail holds on files that were deleted.
+fn deleted_files_held(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .map(|target| target.display().to_string())
+                .filter(|t| t.ends_with("(deleted)") && t.contains("/logs/"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_deleted_file_is_read_to_its_end_and_its_descriptor_released() {
+    let ch = shared();
+    let env = Env::new(ch, "deleted", "events*.jsonl", "");
+    let old = env.log("events-old.jsonl");
+    support::append(&old, 0, 2000);
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), 2000);
+    // Lines appended just before the deletion are still read, through the
+    // open descriptor.
+    support::append(&old, 2000, 2500);
+    std::fs::remove_file(&old).unwrap();
+    support::expect_rows(ch, &env.table(), 2500);
+    support::wait_until(SHORT, "the deleted file's descriptor to be closed", || {
+        deleted_files_held(chtail.pid()).is_empty()
+    });
+    assert!(chtail.logs().contains("released it"), "{}", chtail.logs());
+    assert!(chtail.terminate(SHORT).success());
+}
