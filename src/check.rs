@@ -55,8 +55,15 @@ pub async fn check(config: &Config) -> usize {
 
     // ClickHouse.
     let ch = &config.clickhouse;
+    let server = match Server::new(ch) {
+        Ok(s) => s,
+        Err(e) => {
+            bad(e);
+            return problems;
+        }
+    };
     let mut reachable = None;
-    for one in Server::new(ch).each() {
+    for one in server.each() {
         match one.version().await {
             Ok(v) => {
                 println!(

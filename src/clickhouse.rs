@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clickhouse::{Client, Compression};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::config;
 use crate::parse::{Schema, UnsupportedColumn, default_table_columns};
@@ -86,6 +88,9 @@ impl Failure {
                 "the table's columns changed while chtail ran; restart chtail to read the new schema"
             }
             Some(497) | Some(164) => "grant INSERT on the table to clickhouse.user",
+            None if self.class == Class::Transient => {
+                "check that the server is up and that clickhouse.url (and ca_file, for https) is right"
+            }
             _ => "see the server's message",
         }
     }
@@ -100,7 +105,18 @@ const OPERATOR: &[u32] = &[8, 16, 32, 33, 60, 81, 115, 192, 193, 194, 497, 516];
 /// The one place where a ClickHouse error is given a meaning.
 pub fn classify(err: &clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error as E;
-    let message = err.to_string();
+    // The whole chain: "client error (Connect)" alone does not say that the
+    // certificate was not trusted, or that the connection was refused.
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
     let code = match err {
         E::BadResponse(text) => exception_code(text),
         _ => None,
@@ -164,7 +180,9 @@ pub struct Described {
 }
 
 impl Server {
-    pub fn new(cfg: &config::ClickHouse) -> Server {
+    /// Fails only if the TLS configuration cannot be built (a CA file that
+    /// became unreadable since the config was checked).
+    pub fn new(cfg: &config::ClickHouse) -> Result<Server, String> {
         use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
         // The crate's default HTTP client plus a connect timeout, so that an
         // unreachable host fails fast instead of hanging a request. The pool
@@ -173,9 +191,19 @@ impl Server {
         let mut connector = HttpConnector::new();
         connector.set_keepalive(Some(Duration::from_secs(60)));
         connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.enforce_http(false);
+        // https:// URLs use rustls with the Mozilla roots plus `ca_file`;
+        // http:// URLs pass through untouched. The CA file was checked when
+        // the config was loaded.
+        let tls = tls_config(cfg.ca_file.as_deref())?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = HyperClient::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(2))
-            .build(connector);
+            .build(https);
         // No session database: every statement names `database`.`table`, so
         // a database that does not exist yet can still be created.
         let clients = cfg
@@ -194,11 +222,11 @@ impl Server {
                     .with_validation(false)
             })
             .collect();
-        Server {
+        Ok(Server {
             clients,
             current: Arc::new(AtomicUsize::new(0)),
             cfg: cfg.clone(),
-        }
+        })
     }
 
     fn client(&self) -> &Client {
@@ -415,6 +443,37 @@ impl Server {
         .await;
         result.map_err(|e| classify(&e))
     }
+}
+
+/// The certificates of a PEM file, or what is wrong with it.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(format!("{} holds no PEM certificate", path.display())),
+        Err(e) => Err(format!(
+            "{} is not a PEM certificate file: {e}",
+            path.display()
+        )),
+    }
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| format!("TLS setup: {e}"))
 }
 
 /// Whether a crash can send a batch twice.

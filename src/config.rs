@@ -37,6 +37,8 @@ pub struct ClickHouse {
     pub user: String,
     pub password: Secret,
     pub create_table: bool,
+    /// PEM certificates trusted for https:// URLs, besides the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
     pub compression: bool,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -160,6 +162,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "password",
             "password_file",
             "create_table",
+            "ca_file",
             "compression",
             "connect_timeout",
             "request_timeout",
@@ -188,6 +191,7 @@ struct RawClickHouse {
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<PathBuf>>,
     create_table: Option<bool>,
+    ca_file: Option<Spanned<PathBuf>>,
     compression: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
@@ -554,17 +558,14 @@ impl Validator<'_> {
                 list.into_iter()
                     .map(|u| {
                         let s = u.trim_end_matches('/').to_string();
-                        if s.starts_with("https://") {
+                        let rest = s
+                            .strip_prefix("http://")
+                            .or_else(|| s.strip_prefix("https://"));
+                        if rest.is_none_or(str::is_empty) {
                             self.problem(
                                 "clickhouse.url",
                                 Some(span.clone()),
-                                "https is not supported yet; use http:// (e.g. through a local TLS proxy)".into(),
-                            );
-                        } else if !s.starts_with("http://") || s.len() <= "http://".len() {
-                            self.problem(
-                                "clickhouse.url",
-                                Some(span.clone()),
-                                format!("`{s}` is not an http:// URL"),
+                                format!("`{s}` is not an http:// or https:// URL"),
                             );
                         }
                         s
@@ -598,6 +599,12 @@ impl Validator<'_> {
             },
             (None, None) => Secret::default(),
         };
+        let ca_file = ch.ca_file.map(|f| {
+            if let Err(e) = crate::clickhouse::read_ca_file(f.get_ref()) {
+                self.problem("clickhouse.ca_file", Some(f.span()), e);
+            }
+            f.into_inner()
+        });
         let compression = match ch.compression.as_ref().map(|c| c.get_ref().as_str()) {
             None | Some("lz4") => true,
             Some("none") => false,
@@ -628,6 +635,7 @@ impl Validator<'_> {
             user: ch.user.unwrap_or_else(|| "default".into()),
             password,
             create_table: ch.create_table.unwrap_or(true),
+            ca_file,
             compression,
             connect_timeout: self.duration(
                 "clickhouse.connect_timeout",
@@ -919,6 +927,11 @@ a = 1
         ))
         .expect("valid");
         assert_eq!(c.clickhouse.urls, vec!["http://a:8123", "http://b:8123"]);
+        let tls = Config::parse(&GOOD.replace("http://127.0.0.1:8123", "https://ch.example:8443"));
+        assert_eq!(
+            tls.expect("valid").clickhouse.urls,
+            vec!["https://ch.example:8443"]
+        );
         let problems = Config::parse(&GOOD.replace(
             "url = \"http://127.0.0.1:8123\"",
             "url = [\"http://a:8123\", \"ftp://b\"]",

@@ -84,7 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         }
     }
 
-    let server = Server::new(&config.clickhouse);
+    let server = Server::new(&config.clickhouse).map_err(anyhow::Error::msg)?;
     let (version, schema) = tokio::select! {
         r = connect(&server) => r,
         sig = signals.recv() => {

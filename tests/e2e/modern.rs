@@ -209,3 +209,41 @@ fn chaos() {
     assert_eq!((lost, dups), (0, 0), "chtail log:\n{}", chtail.logs());
     assert!(chtail.terminate(SHORT).success());
 }
+
+#[test]
+fn https_with_a_private_ca_file() {
+    let ch = ClickHouse::modern_tls();
+    let env = Env::new(&ch, "modern_tls", "events.jsonl", "");
+    let tls_url = format!("https://127.0.0.1:{}", ch.tls_port.unwrap());
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let plain = text.replace(
+        &format!("url = \"{}\"", ch.url()),
+        &format!("url = \"{tls_url}\""),
+    );
+    // Without the CA the server's certificate is not trusted: said plainly.
+    std::fs::write(&env.config, &plain).unwrap();
+    let out = crate::support::chtail_cmd(&["check"], &env.config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("ClickHouse at {tls_url} does not answer")),
+        "{stdout}"
+    );
+    assert!(stdout.to_lowercase().contains("certificate"), "{stdout}");
+
+    let with_ca = plain.replace(
+        "[clickhouse]\n",
+        &format!("[clickhouse]\nca_file = \"{}\"\n", ch.ca_file().display()),
+    );
+    std::fs::write(&env.config, with_ca).unwrap();
+    let out = crate::support::chtail_cmd(&["check"], &env.config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    append(&env.log("events.jsonl"), 0, 2000);
+    let mut chtail = env.start();
+    expect_rows(&ch, &env.table(), 2000);
+    assert!(chtail.terminate(SHORT).success());
+}

@@ -14,8 +14,9 @@ It speaks the part of ClickHouse's HTTP interface that chtail uses:
 An INSERT whose body does not arrive whole (the client died mid-request)
 inserts nothing, as with ClickHouse itself.
 
-usage: chdb_front.py DATA_DIR PORT [PASSWORD]
-Listens on 127.0.0.1:PORT. With CHDB_FRONT_LOG=FILE, each insert appends a
+usage: chdb_front.py DATA_DIR PORT [PASSWORD [TLS_PORT CERT KEY]]
+Listens on 127.0.0.1:PORT, and with TLS_PORT also serves HTTPS there with
+the given certificate chain and key. With CHDB_FRONT_LOG=FILE, each insert appends a
 line to FILE: its deduplication token, body bytes, and the table's row count
 before and after (equal counts: the server dropped it as a duplicate).
 """
@@ -216,6 +217,16 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ThreadingHTTPServer.allow_reuse_address = True
+if len(sys.argv) > 6:
+    import ssl
+
+    tls_port, cert, key = int(sys.argv[4]), sys.argv[5], sys.argv[6]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    secure = ThreadingHTTPServer(("127.0.0.1", tls_port), Handler)
+    secure.daemon_threads = True
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    threading.Thread(target=secure.serve_forever, daemon=True).start()
 server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
 server.daemon_threads = True
 server.serve_forever()

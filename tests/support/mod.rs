@@ -24,6 +24,8 @@ pub struct ClickHouse {
     child: Option<Child>,
     /// The chdb front (modern ClickHouse) rather than a server binary.
     modern: bool,
+    /// Also serving HTTPS on this port, with a certificate from `ca.pem`.
+    pub tls_port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -50,6 +52,7 @@ impl ClickHouse {
             _tmp: Some(tmp),
             child: None,
             modern: false,
+            tls_port: None,
         };
         ch.write_config();
         ch.spawn();
@@ -70,9 +73,50 @@ impl ClickHouse {
             _tmp: Some(tmp),
             child: None,
             modern: true,
+            tls_port: None,
         };
         ch.spawn();
         ch
+    }
+
+    /// [`ClickHouse::modern`], also serving HTTPS with a certificate signed
+    /// by a throwaway CA (`ca_file()`).
+    pub fn modern_tls() -> ClickHouse {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("password"), "").unwrap();
+        let script = "set -e
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=chtail-test-ca
+            openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf";
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut ch = ClickHouse {
+            http_port: free_port(),
+            tcp_port: 0,
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            modern: true,
+            tls_port: Some(free_port()),
+        };
+        ch.spawn();
+        ch
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     pub fn is_modern(&self) -> bool {
@@ -124,8 +168,12 @@ impl ClickHouse {
         let config = self.dir.join("config.xml");
         let server = if self.modern {
             let password = std::fs::read_to_string(self.dir.join("password")).unwrap_or_default();
+            let tls = match self.tls_port {
+                Some(p) => format!("{p} {d}/server.pem {d}/server.key", d = self.dir.display()),
+                None => String::new(),
+            };
             format!(
-                "python3 {}/tests/support/chdb_front.py {}/data {} '{password}'",
+                "python3 {}/tests/support/chdb_front.py {}/data {} '{password}' {tls}",
                 env!("CARGO_MANIFEST_DIR"),
                 self.dir.display(),
                 self.http_port
