@@ -247,3 +247,54 @@ fn https_with_a_private_ca_file() {
     expect_rows(&ch, &env.table(), 2000);
     assert!(chtail.terminate(SHORT).success());
 }
+
+#[test]
+fn a_batch_rejected_as_bad_data_is_split_and_only_the_bad_rows_quarantined() {
+    let ch = ClickHouse::modern("");
+    let env = Env::new(
+        &ch,
+        "modern_bad_rows",
+        "events.jsonl",
+        "[batch]\nmax_wait = \"300ms\"",
+    );
+    ch.reject_rows_with("poison-pill");
+    let log = env.log("events.jsonl");
+    append(&log, 0, 400);
+    for seq in [400u64, 401, 402] {
+        let line = crate::support::event(seq)
+            .replace("\"event\": \"app_command\"", "\"event\": \"poison-pill\"");
+        let line = line.replace("\"event\": \"interaction\"", "\"event\": \"poison-pill\"");
+        crate::support::append_raw(&log, format!("{line}\n").as_bytes());
+    }
+    append(&log, 403, 800);
+    let mut chtail = env.start();
+    crate::support::wait_until(SHORT, "the good rows", || {
+        crate::support::count(&ch, &env.table()) >= 797
+    });
+    crate::support::wait_until(SHORT, "everything committed", || {
+        crate::support::all_committed(&env.config, &env.logs)
+    });
+    assert!(chtail.terminate(SHORT).success());
+    assert_eq!(
+        crate::support::count_and_unique(&ch, &env.table()),
+        (797, 797)
+    );
+    let q = std::fs::read_to_string(env.state.join("quarantine.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{q}");
+    for r in &records {
+        assert_eq!(r["kind"], "rejected_by_server", "{q}");
+        assert!(r["line"].as_str().unwrap().contains("poison-pill"), "{q}");
+        assert!(r["reason"].as_str().unwrap().contains("Code: 27"), "{q}");
+    }
+    assert!(
+        chtail
+            .logs()
+            .contains("splitting it to isolate the bad rows"),
+        "{}",
+        chtail.logs()
+    );
+}

@@ -183,6 +183,13 @@ class Handler(BaseHTTPRequestHandler):
         return run(sql, fmt)
 
     def insert(self, table, columns, body, settings):
+        # A test can make the server refuse rows as bad data: any insert
+        # whose body holds a marker listed in DATA_DIR/../reject.
+        reject = os.path.join(os.path.dirname(DATA_DIR.rstrip("/")), "reject")
+        if os.path.exists(reject):
+            for marker in open(reject, "rb").read().split():
+                if marker in body:
+                    raise ClickHouseError(27, "Code: 27. DB::Exception: Cannot parse input: expected a valid row, got a rejected one. (CANNOT_PARSE_INPUT_ASSERTION_FAILED)")
         cols = [c.strip().strip("`") for c in columns.split(",")]
         described = run(f"DESCRIBE TABLE {table}").decode().splitlines()
         types = {}

@@ -115,6 +115,11 @@ impl ClickHouse {
         ch
     }
 
+    /// Makes the chdb front refuse, as bad data, any insert holding `marker`.
+    pub fn reject_rows_with(&self, marker: &str) {
+        std::fs::write(self.dir.join("reject"), marker).unwrap();
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
