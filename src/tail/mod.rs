@@ -102,6 +102,8 @@ struct Tracked {
     /// Where a copy was positioned: until it is written past this offset,
     /// being shorter means "still being copied", not "truncated".
     floor: u64,
+    /// When the first bytes were last checked against the fingerprint.
+    verified: Option<Instant>,
 }
 
 /// Turns lines into rows, and rejected lines into quarantine records.
@@ -443,6 +445,7 @@ impl Tailer {
             compressed: false,
             waiting_for,
             floor: read_from,
+            verified: None,
         });
     }
 
@@ -544,9 +547,27 @@ impl Tailer {
         };
         let fed = t.splitter.fed_offset();
         let shrunk = size < fed && !(fed == t.floor && size < t.floor);
-        let replaced = shrunk || (fed > 0 && !t.identity.same_content(&t.file).unwrap_or(true));
-        if replaced {
+        // Rewritten in place without shrinking below the offset: the first
+        // bytes tell. Checked before every read of new bytes (a file
+        // truncated and refilled past the offset must not be read from the
+        // middle of a line), and otherwise once per poll interval, so that
+        // many idle files cost one fstat each.
+        let now = Instant::now();
+        let verify = !shrunk
+            && fed > 0
+            && (size > fed
+                || t.verified
+                    .is_none_or(|v| now.duration_since(v) >= self.cfg.poll_interval));
+        if verify {
+            t.verified = Some(now);
+        }
+        let rewritten = verify && !t.identity.same_content(&t.file).unwrap_or(true);
+        if shrunk || rewritten {
             self.restart_truncated(i);
+        } else if size <= fed {
+            // Nothing new.
+            t.idle_since.get_or_insert(now);
+            return Ok(false);
         }
         let t = &mut self.files[i];
         if t.identity.fp_len < identity::FINGERPRINT_MAX
