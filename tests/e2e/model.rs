@@ -245,6 +245,19 @@ impl Harness {
         }
     }
 
+    /// What both rotation schemes do first. A logger finishes its record
+    /// before it rotates. If only the live name is a source, a rotation that
+    /// beats the tailer's first look (or, for copytruncate, the unread lines
+    /// that go with the truncation) is lost by the scheme's own design: let
+    /// the tailer catch up first. Then `.1` becomes `.2`.
+    fn begin_rotation(&mut self) {
+        self.complete_partial();
+        if !self.glob.ends_with('*') {
+            self.settle();
+        }
+        self.shift_rotated();
+    }
+
     /// `.1` becomes `.2`. Renaming over an existing `.2` deletes it, and
     /// deleting unread lines loses them by definition: settle first.
     fn shift_rotated(&mut self) {
@@ -306,26 +319,12 @@ impl Harness {
                 }
             }
             Op::Rotate => {
-                // A logger finishes its record before it rotates.
-                self.complete_partial();
-                if !self.glob.ends_with('*') {
-                    // Only the live name is watched: a rotation that beats
-                    // the tailer's first look at the file would be missed by
-                    // design; let it look first.
-                    self.settle();
-                }
-                self.shift_rotated();
+                self.begin_rotation();
                 std::fs::rename(self.live(), self.rotated(1)).unwrap();
                 std::fs::File::create(self.live()).unwrap();
             }
             Op::CopyTruncate => {
-                self.complete_partial();
-                if !self.glob.ends_with('*') {
-                    // Without the copy in a source, unread lines go with the
-                    // truncation: the scheme's own limit.
-                    self.settle();
-                }
-                self.shift_rotated();
+                self.begin_rotation();
                 std::fs::copy(self.live(), self.rotated(1)).unwrap();
                 std::fs::OpenOptions::new()
                     .write(true)

@@ -62,46 +62,38 @@ impl ClickHouse {
     /// A modern ClickHouse (26.x, through chdb) behind the HTTP front in
     /// `tests/support/chdb_front.py`. `password` is required if not empty.
     pub fn modern(password: &str) -> ClickHouse {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        std::fs::write(dir.join("password"), password).unwrap();
-        let mut ch = ClickHouse {
-            http_port: free_port(),
-            tcp_port: 0,
-            dir,
-            _tmp: Some(tmp),
-            child: None,
-            modern: true,
-            tls_port: None,
-        };
-        ch.spawn();
-        ch
+        ClickHouse::modern_with(password, false)
     }
 
     /// [`ClickHouse::modern`], also serving HTTPS with a certificate signed
     /// by a throwaway CA (`ca_file()`).
     pub fn modern_tls() -> ClickHouse {
+        ClickHouse::modern_with("", true)
+    }
+
+    fn modern_with(password: &str, tls: bool) -> ClickHouse {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
-        std::fs::write(dir.join("password"), "").unwrap();
-        let script = "set -e
+        std::fs::write(dir.join("password"), password).unwrap();
+        if tls {
+            let script = "set -e
             openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=chtail-test-ca
             openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf
             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf";
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(&dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut ch = ClickHouse {
             http_port: free_port(),
             tcp_port: 0,
@@ -109,7 +101,7 @@ impl ClickHouse {
             _tmp: Some(tmp),
             child: None,
             modern: true,
-            tls_port: Some(free_port()),
+            tls_port: tls.then(free_port),
         };
         ch.spawn();
         ch
