@@ -24,6 +24,8 @@ use std::sync::atomic::Ordering;
 
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The table all its rows go to.
+    pub route: u16,
     pub chunks: Vec<Chunk>,
     pub rows: usize,
     pub bytes: usize,
@@ -39,6 +41,10 @@ pub struct Range {
 
 impl Batch {
     pub fn push(&mut self, chunk: Chunk) {
+        if self.chunks.is_empty() {
+            self.route = chunk.route;
+        }
+        debug_assert_eq!(self.route, chunk.route);
         self.rows += chunk.rows.len();
         self.bytes += chunk.data.len();
         self.chunks.push(chunk);
@@ -96,39 +102,62 @@ pub async fn run(
     stats: Arc<Stats>,
     out: mpsc::Sender<Batch>,
 ) {
-    let mut carry: Option<Chunk> = None;
-    loop {
-        let first = match carry.take() {
-            Some(c) => c,
-            None => match queue.pop().await {
-                Some(c) => c,
-                None => break,
-            },
+    // One batch open per table, each with its own deadline.
+    let mut open: Vec<(Batch, Instant)> = Vec::new();
+    let mut closed = false;
+    while !closed || !open.is_empty() {
+        let next = open.iter().map(|(_, d)| *d).min();
+        let popped = if closed {
+            Err(())
+        } else {
+            match next {
+                Some(deadline) => timeout_at(deadline, queue.pop()).await.map_err(|_| ()),
+                None => Ok(queue.pop().await),
+            }
         };
-        let pressure = stats
-            .parts_pressure
-            .load(Ordering::Relaxed)
-            .min(MAX_PRESSURE);
-        let deadline = Instant::now() + limits.max_wait * (1 << pressure);
-        let mut batch = Batch::default();
-        batch.push(first);
-        let mut closed = false;
-        while batch.rows < limits.max_rows && batch.bytes < limits.max_bytes {
-            match timeout_at(deadline, queue.pop()).await {
-                Err(_) => break,
-                Ok(None) => {
-                    closed = true;
-                    break;
+        let mut due = Vec::new();
+        match popped {
+            // A deadline passed, or the queue is closed and drained.
+            Err(()) => {
+                let now = Instant::now();
+                let mut i = 0;
+                while i < open.len() {
+                    if closed || open[i].1 <= now {
+                        due.push(open.remove(i).0);
+                    } else {
+                        i += 1;
+                    }
                 }
-                Ok(Some(c)) if batch.fits(&c, &limits) => batch.push(c),
-                Ok(Some(c)) => {
-                    carry = Some(c);
-                    break;
+            }
+            Ok(None) => closed = true,
+            Ok(Some(chunk)) => {
+                let at = open.iter().position(|(b, _)| b.route == chunk.route);
+                let at = match at {
+                    Some(i) if open[i].0.fits(&chunk, &limits) => i,
+                    other => {
+                        if let Some(i) = other {
+                            due.push(open.remove(i).0);
+                        }
+                        let pressure = stats
+                            .parts_pressure
+                            .load(Ordering::Relaxed)
+                            .min(MAX_PRESSURE);
+                        let deadline = Instant::now() + limits.max_wait * (1 << pressure);
+                        open.push((Batch::default(), deadline));
+                        open.len() - 1
+                    }
+                };
+                let batch = &mut open[at].0;
+                batch.push(chunk);
+                if batch.rows >= limits.max_rows || batch.bytes >= limits.max_bytes {
+                    due.push(open.remove(at).0);
                 }
             }
         }
-        if out.send(batch).await.is_err() || (closed && carry.is_none()) {
-            break;
+        for batch in due {
+            if out.send(batch).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -144,6 +173,7 @@ mod tests {
 
     fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
         Chunk {
+            route: 0,
             file: FileId(file),
             identity: crate::tail::identity::Identity {
                 dev: 1,
@@ -213,6 +243,33 @@ mod tests {
         q.close();
         assert!(rx.recv().await.is_none());
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_table_gets_its_own_batches() {
+        let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
+        let never = AtomicBool::new(false);
+        // Files 1 and 2 go to different tables, interleaved.
+        for i in 0..4 {
+            q.push(chunk(1, i * 10, i * 10 + 10, 2), &never).unwrap();
+            let mut other = chunk(2, i * 10, i * 10 + 10, 3);
+            other.route = 1;
+            q.push(other, &never).unwrap();
+        }
+        q.close();
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(run(q, limits(100, 1000), Arc::default(), tx));
+        let mut got = Vec::new();
+        while let Some(b) = rx.recv().await {
+            assert!(b.chunks.iter().all(|c| c.route == b.route));
+            got.push((b.route, b.rows, b.ranges()));
+        }
+        task.await.unwrap();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0, got[0].1), (0, 8));
+        assert_eq!((got[1].0, got[1].1), (1, 12));
+        assert_eq!(got[1].2[0].end, 40);
     }
 
     #[test]

@@ -5,8 +5,11 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::checkpoint::Checkpoints;
-use crate::clickhouse::{Delivery, Server, schema_of};
-use crate::config::Config;
+use crate::clickhouse::{Delivery, Server};
+use crate::config::{self, Config};
+use crate::parse::{LineMeta, Reject};
+use crate::plan;
+use crate::tail::{self, SourceRoute};
 
 /// Prints a report to stdout and returns the number of problems found.
 pub async fn check(config: &Config) -> usize {
@@ -82,63 +85,220 @@ pub async fn check(config: &Config) -> usize {
             )),
         }
     }
-    let Some((server, version)) = reachable else {
+    let Some((server, _)) = reachable else {
         return problems;
     };
-    let table = format!("{}.{}", ch.database, ch.table);
-    let mut columns = match server.describe().await {
-        Ok(c) => c,
-        Err(f) => {
-            bad(format!("cannot describe table {table}: {}", f.message));
+    let mut notes = Vec::new();
+    let plan = match plan::prepare(&server, config, &mut notes).await {
+        Ok(plan) => plan,
+        Err(p) => {
+            for n in notes {
+                println!("note     {n}");
+            }
+            for m in p.messages {
+                bad(m);
+            }
             return problems;
         }
     };
-    if columns.is_none() {
-        if ch.create_table {
-            match server.create_default_table(version).await {
-                Ok(()) => println!("ok       table {table} did not exist; created it"),
-                Err(f) => bad(format!("cannot create table {table}: {}", f.message)),
-            }
-            columns = server.describe().await.ok().flatten();
-        } else {
-            bad(format!(
-                "table {table} does not exist and create_table = false"
-            ));
+    for n in notes {
+        println!("note     {n}");
+    }
+    for t in &plan.tables {
+        let table = format!("{}.{}", ch.database, t.name);
+        match server.delivery(plan.version, &t.name).await {
+            Delivery::ExactlyOnce(why) => println!(
+                "ok       table {table}: delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
+            ),
+            Delivery::AtLeastOnce(why) => println!(
+                "note     table {table}: delivery is at-least-once: {why}. A batch inserted just before a crash, before its checkpoint, is sent again"
+            ),
         }
     }
-    if let Some(columns) = columns {
-        match schema_of(&columns) {
-            Ok(schema) => {
-                println!("ok       table {table}: JSON key -> column (type):");
-                for c in schema.columns() {
-                    let ty = &columns
-                        .iter()
-                        .find(|d| d.name == c.name)
-                        .map(|d| d.ty.clone())
-                        .unwrap_or_default();
-                    println!("           {} -> {} ({ty})", c.name, c.name);
-                }
-            }
-            Err(unsupported) => {
-                for u in unsupported {
-                    bad(format!("table {table}: {u}"));
-                }
-            }
+    for (n, (source, route)) in config.sources.iter().zip(&plan.sources).enumerate() {
+        let table = &plan.tables[usize::from(route.route)].name;
+        println!(
+            "ok       [[source]] #{} ({}) -> table {}.{table}; JSON key -> column (type):",
+            n + 1,
+            source.paths.join(", "),
+            ch.database
+        );
+        for m in route.encoder.mapping() {
+            let from = if m.from.is_empty() {
+                "(nothing)".to_string()
+            } else {
+                m.from
+            };
+            let note = if m.note.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", m.note)
+            };
+            println!("           {from} -> {} ({}){note}", m.column, m.ty);
         }
-    }
-    match server.delivery(version).await {
-        Delivery::ExactlyOnce(why) => {
-            println!(
-                "ok       delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
-            );
-        }
-        Delivery::AtLeastOnce(why) => {
-            println!(
-                "note     delivery is at-least-once: {why}. A batch inserted just before a crash, before its checkpoint, is sent again"
-            );
-        }
+        let report = sample(route, &config.tail);
+        report.print();
     }
     problems
+}
+
+/// What a sample of real lines would become.
+#[derive(Default)]
+struct Sample {
+    lines: usize,
+    rows: usize,
+    /// Reason kind → count and up to three examples.
+    rejected: Vec<(&'static str, usize, Vec<String>)>,
+    /// Keys no column takes, with how many sampled lines had them.
+    ignored: Vec<(String, usize)>,
+}
+
+/// Lines read from the end of each file of a source.
+const SAMPLE_BYTES: u64 = 256 << 10;
+const SAMPLE_LINES: usize = 1000;
+
+/// Runs the last lines of the source's files through its encoder.
+fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
+    use std::os::unix::fs::FileExt;
+    let mut files: Vec<std::path::PathBuf> = source
+        .patterns
+        .iter()
+        .filter_map(|p| glob::glob(p).ok())
+        .flat_map(|paths| paths.flatten())
+        .filter(|p| p.is_file())
+        .collect();
+    // The newest files first: they show what the bot writes now.
+    files.sort_by_key(|p| std::cmp::Reverse(p.metadata().and_then(|m| m.modified()).ok()));
+    files.dedup();
+    let mut out = Sample::default();
+    let host = LineMeta::json(&tail::host_name());
+    let now = LineMeta::json(&crate::parse::time::format_utc(crate::parse::time::now()));
+    let mut buf = Vec::new();
+    for path in files {
+        if out.lines >= SAMPLE_LINES {
+            break;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = size.saturating_sub(SAMPLE_BYTES);
+        buf.resize((size - from) as usize, 0);
+        let Ok(()) = file.read_exact_at(&mut buf, from) else {
+            continue;
+        };
+        if buf.starts_with(&[0x1f, 0x8b]) {
+            continue; // compressed; never read
+        }
+        let path_json = LineMeta::json(&path.to_string_lossy());
+        let mut offset = from;
+        let mut rest: &[u8] = &buf;
+        if from > 0 {
+            // Starts mid-line: skip to the first whole one.
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                continue;
+            };
+            offset += nl as u64 + 1;
+            rest = &rest[nl + 1..];
+        }
+        let mut lines: Vec<(u64, &[u8])> = Vec::new();
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            lines.push((offset, &rest[..nl]));
+            offset += nl as u64 + 1;
+            rest = &rest[nl + 1..];
+        }
+        let take = lines.len().min(SAMPLE_LINES - out.lines);
+        for &(at, line) in &lines[lines.len() - take..] {
+            let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+            if at == 0 {
+                line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.lines += 1;
+            let meta = LineMeta {
+                path: &path_json,
+                offset: at,
+                host: &host,
+                ingest_time: &now,
+            };
+            let result = if line.len() > tail.max_line_bytes {
+                Err(Reject::TooLong {
+                    len: line.len() as u64,
+                    max: tail.max_line_bytes,
+                })
+            } else {
+                source.encoder.encode_line(line, &meta, &mut Vec::new())
+            };
+            match result {
+                Ok(ignored) => {
+                    out.rows += 1;
+                    if ignored > 0 {
+                        for k in source.encoder.ignored_keys(line) {
+                            let full = out.ignored.len() >= 50;
+                            match out.ignored.iter_mut().find(|(n, _)| *n == k) {
+                                Some((_, c)) => *c += 1,
+                                None if !full => out.ignored.push((k, 1)),
+                                None => {}
+                            }
+                        }
+                    }
+                }
+                Err(r) => {
+                    let example = format!("{}:{at}: {r}", path.display());
+                    match out.rejected.iter_mut().find(|(k, _, _)| *k == r.kind()) {
+                        Some((_, c, ex)) => {
+                            *c += 1;
+                            if ex.len() < 3 {
+                                ex.push(example);
+                            }
+                        }
+                        None => out.rejected.push((r.kind(), 1, vec![example])),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Sample {
+    fn print(&self) {
+        if self.lines == 0 {
+            println!("note     sample: no lines to try yet");
+            return;
+        }
+        let quarantined = self.lines - self.rows;
+        let status = if quarantined == 0 {
+            "ok      "
+        } else {
+            "note    "
+        };
+        println!(
+            "{status} sample of the last {} line(s): {} would be inserted, {quarantined} quarantined",
+            self.lines, self.rows
+        );
+        for (kind, count, examples) in &self.rejected {
+            println!("           {count} x {kind}, e.g.:");
+            for e in examples {
+                println!("             {e}");
+            }
+        }
+        if !self.ignored.is_empty() {
+            let mut keys = self.ignored.clone();
+            keys.sort_by_key(|(k, c)| (std::cmp::Reverse(*c), k.clone()));
+            let shown: Vec<String> = keys
+                .iter()
+                .take(10)
+                .map(|(k, c)| format!("{k:?} ({c})"))
+                .collect();
+            println!(
+                "note     keys with no column, ignored (set rename or catch_all to keep them): {}",
+                shown.join(", ")
+            );
+        }
+    }
 }
 
 fn probe_writable(dir: &Path) -> std::io::Result<()> {

@@ -14,7 +14,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::config;
-use crate::parse::{Schema, UnsupportedColumn, default_table_columns};
+use crate::parse::{ColumnDef, Schema, UnsupportedColumn, default_table_columns};
 
 /// A server's version, e.g. 18.16.1 or 26.9.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,6 +38,16 @@ impl Version {
             >= Version {
                 major: 22,
                 minor: 2,
+            }
+    }
+
+    /// `RowBinaryWithDefaults` (a DEFAULT expression for missing values)
+    /// is read by 23.5 and later.
+    pub fn has_row_binary_with_defaults(&self) -> bool {
+        *self
+            >= Version {
+                major: 23,
+                minor: 5,
             }
     }
 
@@ -298,12 +308,20 @@ impl Server {
         })
     }
 
+    /// The server's time zone: the zone of DateTime columns without one.
+    pub async fn timezone(&self) -> Result<jiff::tz::TimeZone, Failure> {
+        let text = self.text("SELECT timezone()", &[]).await?;
+        let name = text.trim();
+        jiff::tz::TimeZone::get(name).map_err(|e| Failure {
+            class: Class::Operator,
+            code: None,
+            message: format!("the server's time zone {name:?} is unknown here: {e}"),
+        })
+    }
+
     /// The table's columns, or `None` if the table does not exist.
-    pub async fn describe(&self) -> Result<Option<Vec<Described>>, Failure> {
-        let sql = format!(
-            "DESCRIBE TABLE `{}`.`{}`",
-            self.cfg.database, self.cfg.table
-        );
+    pub async fn describe(&self, table: &str) -> Result<Option<Vec<Described>>, Failure> {
+        let sql = format!("DESCRIBE TABLE `{}`.`{table}`", self.cfg.database);
         let text = match self.text(&sql, &[]).await {
             Ok(t) => t,
             // Unknown table, or unknown database (then the table is missing too).
@@ -327,15 +345,15 @@ impl Server {
 
     /// Whether a retried batch is recognised by this server and table, and
     /// why (DESIGN.md §2.3).
-    pub async fn delivery(&self, version: Version) -> Delivery {
+    pub async fn delivery(&self, version: Version, table: &str) -> Delivery {
         if !version.has_dedup_token() {
             return Delivery::AtLeastOnce(format!(
                 "ClickHouse {version} has no insert_deduplication_token (22.2 and later have)"
             ));
         }
         let sql = format!(
-            "SELECT engine, engine_full FROM system.tables WHERE database = '{}' AND name = '{}'",
-            self.cfg.database, self.cfg.table
+            "SELECT engine, engine_full FROM system.tables WHERE database = '{}' AND name = '{table}'",
+            self.cfg.database
         );
         let row = match self.text(&sql, &[]).await {
             Ok(t) => t,
@@ -378,8 +396,8 @@ impl Server {
             ))
         } else {
             Delivery::AtLeastOnce(format!(
-                "plain {engine} with non_replicated_deduplication_window = 0; for exactly-once run: ALTER TABLE `{}`.`{}` MODIFY SETTING non_replicated_deduplication_window = 1000",
-                self.cfg.database, self.cfg.table
+                "plain {engine} with non_replicated_deduplication_window = 0; for exactly-once run: ALTER TABLE `{}`.`{table}` MODIFY SETTING non_replicated_deduplication_window = 1000",
+                self.cfg.database
             ))
         }
     }
@@ -388,7 +406,7 @@ impl Server {
     /// §1, with exactly its columns. On servers that can deduplicate inserts
     /// into a plain MergeTree, the table is created with a deduplication
     /// window so that a re-sent batch is recognised.
-    pub async fn create_default_table(&self, version: Version) -> Result<(), Failure> {
+    pub async fn create_default_table(&self, version: Version, table: &str) -> Result<(), Failure> {
         let db = &self.cfg.database;
         if db != "default" {
             self.text(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"), &[])
@@ -404,8 +422,7 @@ impl Server {
             ""
         };
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.`{}` ({}) ENGINE = MergeTree() ORDER BY (guild_id, ts){dedup}",
-            self.cfg.table,
+            "CREATE TABLE IF NOT EXISTS `{db}`.`{table}` ({}) ENGINE = MergeTree() ORDER BY (guild_id, ts){dedup}",
             cols.join(", ")
         );
         let settings: &[(&str, &str)] = if version.low_cardinality_is_experimental() {
@@ -520,13 +537,21 @@ fn unescape_tsv(s: &str) -> String {
 
 /// The insertable columns of a described table, as a [`Schema`]. Columns
 /// computed by the server (MATERIALIZED, ALIAS, EPHEMERAL) are left to it.
-pub fn schema_of(columns: &[Described]) -> Result<Schema, Vec<UnsupportedColumn>> {
-    let pairs: Vec<(String, String)> = columns
+pub fn schema_of(
+    columns: &[Described],
+    server_tz: &jiff::tz::TimeZone,
+    version: Version,
+) -> Result<Schema, Vec<UnsupportedColumn>> {
+    let defs: Vec<ColumnDef> = columns
         .iter()
         .filter(|c| c.default_kind.is_empty() || c.default_kind == "DEFAULT")
-        .map(|c| (c.name.clone(), c.ty.clone()))
+        .map(|c| ColumnDef {
+            name: c.name.clone(),
+            ty: c.ty.clone(),
+            has_default: c.default_kind == "DEFAULT",
+        })
         .collect();
-    Schema::new(&pairs)
+    Schema::new(&defs, server_tz, version.has_row_binary_with_defaults())
 }
 
 /// Capped exponential backoff with full jitter.

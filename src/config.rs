@@ -77,6 +77,52 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub paths: Vec<String>,
+    /// The table this source's events go to (`clickhouse.table` unless the
+    /// source names its own), in `clickhouse.database`.
+    pub table: String,
+    pub mapping: Mapping,
+}
+
+/// How a source's JSON keys and line metadata fill its table's columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mapping {
+    /// JSON key → column, for keys whose name differs from their column's.
+    pub rename: Vec<(String, String)>,
+    /// A String or Map(String, …) column that keeps the keys no other
+    /// column takes.
+    pub catch_all: Option<String>,
+    pub metadata: Metadata,
+}
+
+/// Columns filled with what chtail knows about each line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The path of the file the line was read from.
+    pub file: Option<String>,
+    /// The byte offset of the line's start in that file.
+    pub offset: Option<String>,
+    /// This machine's host name.
+    pub host: Option<String>,
+    /// When chtail read the line.
+    pub ingest_time: Option<String>,
+}
+
+impl Mapping {
+    /// The metadata columns, each with what fills it.
+    pub fn metadata_columns(&self) -> Vec<(crate::parse::MetaField, &str)> {
+        use crate::parse::MetaField;
+        let m = &self.metadata;
+        [
+            (MetaField::File, &m.file),
+            (MetaField::Offset, &m.offset),
+            (MetaField::Host, &m.host),
+            (MetaField::IngestTime, &m.ingest_time),
+        ]
+        .into_iter()
+        .filter_map(|(f, c)| c.as_deref().map(|c| (f, c)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +216,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "retry_max_backoff",
         ],
     ),
-    ("source", &["paths"]),
+    (
+        "source",
+        &["paths", "table", "rename", "catch_all", "metadata"],
+    ),
     ("state", &["dir"]),
     ("batch", &["max_rows", "max_bytes", "max_wait"]),
     ("queue", &["max_rows", "max_bytes"]),
@@ -180,6 +229,8 @@ const KNOWN: &[(&str, &[&str])] = &[
     ),
     ("shutdown", &["timeout"]),
 ];
+
+const METADATA_KEYS: &[&str] = &["file", "offset", "host", "ingest_time"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +254,10 @@ struct RawClickHouse {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     paths: Spanned<Vec<String>>,
+    table: Option<Spanned<String>>,
+    rename: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    catch_all: Option<Spanned<String>>,
+    metadata: Option<Spanned<Metadata>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -370,9 +425,25 @@ impl Validator<'_> {
             };
             for table in tables {
                 let mut bad = Vec::new();
-                for (k, _) in table.iter() {
+                for (k, v) in table.iter_mut() {
                     if !known.contains(&k.get_ref().as_ref()) {
                         bad.push(k.clone());
+                    }
+                    // `[source.metadata]`: its keys are checked the same way.
+                    if name == "source"
+                        && k.get_ref() == "metadata"
+                        && let DeValue::Table(inner) = v.get_mut()
+                    {
+                        let wrong: Vec<_> = inner
+                            .iter()
+                            .map(|(ik, _)| ik.clone())
+                            .filter(|ik| !METADATA_KEYS.contains(&ik.get_ref().as_ref()))
+                            .collect();
+                        for ik in wrong {
+                            let full = format!("source.metadata.{}", ik.get_ref());
+                            unknown.push((full, ik.span(), "unknown key"));
+                            inner.remove(ik.get_ref().as_ref());
+                        }
                     }
                 }
                 for k in bad {
@@ -685,7 +756,37 @@ impl Validator<'_> {
                     );
                 }
             }
-            out_sources.push(Source { paths });
+            let table = self.identifier("source.table", s.table, &clickhouse.table);
+            let mapping = Mapping {
+                rename: s
+                    .rename
+                    .map(|r| r.into_inner().into_iter().collect())
+                    .unwrap_or_default(),
+                catch_all: s.catch_all.map(Spanned::into_inner),
+                metadata: s.metadata.map(Spanned::into_inner).unwrap_or_default(),
+            };
+            let mut filled: Vec<&str> = mapping
+                .metadata_columns()
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect();
+            filled.extend(mapping.catch_all.as_deref());
+            filled.sort_unstable();
+            if let Some(w) = filled.windows(2).find(|w| w[0] == w[1]) {
+                self.problem(
+                    "source.metadata",
+                    None,
+                    format!(
+                        "column `{}` is named twice among metadata and catch_all",
+                        w[0]
+                    ),
+                );
+            }
+            out_sources.push(Source {
+                paths,
+                table,
+                mapping,
+            });
         }
 
         // [state]
@@ -792,7 +893,14 @@ impl Validator<'_> {
 /// Points at the key that was probably meant.
 fn suggestion(key: &str) -> String {
     let (section, leaf) = key.split_once('.').unwrap_or(("", key));
-    let candidates: Vec<&str> = if section.is_empty() {
+    let candidates: Vec<&str> = if let Some(leaf) = key.strip_prefix("source.metadata.") {
+        return METADATA_KEYS
+            .iter()
+            .filter(|c| edit_distance(c, leaf) <= 2)
+            .min_by_key(|c| edit_distance(c, leaf))
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+    } else if section.is_empty() {
         KNOWN.iter().map(|(s, _)| *s).collect()
     } else {
         KNOWN
@@ -917,6 +1025,62 @@ a = 1
         assert!(has("line 12: `batch.max_rows`"), "{shown:?}");
         assert!(has("line 14: `extra`: unknown section"), "{shown:?}");
         assert_eq!(problems.len(), 5, "{shown:?}");
+    }
+
+    #[test]
+    fn sources_name_tables_renames_catch_all_and_metadata() {
+        let text = r#"[clickhouse]
+url = "http://127.0.0.1:8123"
+table = "events"
+
+[[source]]
+paths = ["/var/log/a/*.jsonl"]
+
+[[source]]
+paths = ["/var/log/b/*.jsonl"]
+table = "audit"
+rename = { guildId = "guild_id", "user.name" = "user" }
+catch_all = "extra"
+[source.metadata]
+file = "source_file"
+offset = "source_offset"
+host = "host"
+ingest_time = "ingested_at"
+"#;
+        let c = Config::parse(text).expect("valid");
+        assert_eq!(c.sources[0].table, "events");
+        assert_eq!(c.sources[0].mapping, Mapping::default());
+        let m = &c.sources[1].mapping;
+        assert_eq!(c.sources[1].table, "audit");
+        assert_eq!(
+            m.rename,
+            vec![
+                ("guildId".to_string(), "guild_id".to_string()),
+                ("user.name".to_string(), "user".to_string())
+            ]
+        );
+        assert_eq!(m.catch_all.as_deref(), Some("extra"));
+        assert_eq!(m.metadata_columns().len(), 4);
+
+        let bad = text
+            .replace("host = \"host\"", "hots = \"host\"")
+            .replace("table = \"audit\"", "table = \"a-b\"")
+            .replace("catch_all = \"extra\"", "catch_all = \"source_file\"");
+        let shown: Vec<String> = Config::parse(&bad)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let has = |needle: &str| shown.iter().any(|s| s.contains(needle));
+        assert!(
+            has("line 10: `source.table`: `a-b` must be a plain identifier"),
+            "{shown:?}"
+        );
+        assert!(
+            has("line 16: `source.metadata.hots`: unknown key (did you mean `host`?)"),
+            "{shown:?}"
+        );
+        assert!(has("column `source_file` is named twice"), "{shown:?}");
     }
 
     #[test]

@@ -23,14 +23,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch;
 use crate::checkpoint::{Checkpoints, Loaded, Manifest, StateError};
-use crate::clickhouse::{Backoff, Class, Delivery, Server, Version, schema_of};
+use crate::clickhouse::{Backoff, Class, Delivery, Server};
 use crate::config::Config;
-use crate::insert::{self, Inserter, Outcome};
-use crate::parse::Schema;
+use crate::insert::{Inserter, Outcome};
+use crate::plan::{self, Plan};
 use crate::quarantine::Quarantine;
 use crate::queue::Queue;
 use crate::stats::Stats;
-use crate::tail::{self, Tailer};
+use crate::tail::{self, SourceRoute, Tailer};
 
 /// Exit status for a state directory chtail cannot trust (sysexits' DATAERR).
 pub const EXIT_BAD_STATE: u8 = 65;
@@ -85,19 +85,25 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     }
 
     let server = Server::new(&config.clickhouse).map_err(anyhow::Error::msg)?;
-    let (version, schema) = tokio::select! {
-        r = connect(&server) => r,
+    let plan = tokio::select! {
+        r = connect(&server, &config) => r,
         sig = signals.recv() => {
             tracing::info!(signal = sig, "stopped before ClickHouse was reached; nothing was read");
             return Ok(0);
         }
     };
-    let sql = insert::insert_sql(&config.clickhouse, &schema);
-    tracing::info!(server = %version, table = %format!("{}.{}", config.clickhouse.database, config.clickhouse.table), columns = schema.columns().len(), "ClickHouse reached");
-
-    match server.delivery(version).await {
-        Delivery::ExactlyOnce(why) => tracing::info!("delivery is exactly-once: {why}"),
-        Delivery::AtLeastOnce(why) => tracing::warn!("delivery is at-least-once: {why}"),
+    let version = plan.version;
+    for t in &plan.tables {
+        let table = format!("{}.{}", config.clickhouse.database, t.name);
+        tracing::info!(server = %version, table = %table, columns = t.schema.columns().len(), "ClickHouse reached");
+        match server.delivery(version, &t.name).await {
+            Delivery::ExactlyOnce(why) => {
+                tracing::info!(table = %table, "delivery is exactly-once: {why}")
+            }
+            Delivery::AtLeastOnce(why) => {
+                tracing::warn!(table = %table, "delivery is at-least-once: {why}")
+            }
+        }
     }
     let stats = Arc::new(Stats::default());
     let checkpoints = Arc::new(Mutex::new(checkpoints));
@@ -111,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
 
     let inserter = Inserter {
         server,
-        sql,
+        sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
         checkpoints: checkpoints.clone(),
         state_dir: state_dir.clone(),
@@ -124,7 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let mut inserter = inserter;
     // A batch a crash interrupted goes out again first, byte for byte.
     if let Some(manifest) = Manifest::load(&state_dir) {
-        let batch = replay_batch(&manifest, &checkpoints, &config, &schema, &stats);
+        let batch = replay_batch(&manifest, &checkpoints, &config, &plan.sources, &stats);
         if let Some(batch) = batch {
             tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
             let replayed = tokio::select! {
@@ -148,10 +154,9 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         batch_tx,
     ));
     let tailer = Tailer::new(
-        &config.sources,
+        plan.sources.clone(),
         config.tail.clone(),
         config.batch.max_rows,
-        Arc::new(schema),
         tail::Shared {
             queue,
             checkpoints,
@@ -217,7 +222,7 @@ fn replay_batch(
     manifest: &Manifest,
     checkpoints: &Mutex<Checkpoints>,
     config: &Config,
-    schema: &Schema,
+    sources: &[SourceRoute],
     stats: &Stats,
 ) -> Option<batch::Batch> {
     let pending = manifest.pending(&checkpoints.lock().unwrap_or_else(|e| e.into_inner()));
@@ -237,12 +242,20 @@ fn replay_batch(
             .get(range.file)
             .cloned()?;
         let chunk = tail::locate(&entry, &patterns).and_then(|(path, file)| {
+            let source = tail::source_near(sources, Some(&entry.path), &path);
+            if batch
+                .chunks
+                .first()
+                .is_some_and(|c| c.route != sources[source].route)
+            {
+                return None; // a batch goes to one table
+            }
             tail::reread(
                 &file,
                 (range.file, entry.identity),
                 &path,
                 (range.start, range.end),
-                schema,
+                &sources[source],
                 &config.tail,
                 stats,
             )
@@ -258,17 +271,26 @@ fn replay_batch(
     (!batch.chunks.is_empty()).then_some(batch)
 }
 
-/// Reaches ClickHouse, creating the table if configured, and returns the
-/// server version and the table's schema. Retries until it succeeds.
-async fn connect(server: &Server) -> (Version, Schema) {
+/// Reaches ClickHouse, reads (or creates) the tables and binds the sources
+/// to them. Retries until it succeeds: a server that is down, a table that
+/// is missing or a column chtail cannot write are each logged, and fixed by
+/// the operator without a restart.
+async fn connect(server: &Server, config: &Config) -> Plan {
     let cfg = server.config();
     let mut backoff = Backoff::new(cfg.retry_initial, cfg.retry_max);
     loop {
-        match try_connect(server).await {
-            Ok(v) => return v,
-            Err((class, msg)) => {
+        let mut notes = Vec::new();
+        match plan::prepare(server, config, &mut notes).await {
+            Ok(plan) => {
+                for n in notes {
+                    tracing::warn!("{n}");
+                }
+                return plan;
+            }
+            Err(problems) => {
                 let delay = backoff.next_delay();
-                if class == Class::Operator || backoff.attempts() > 3 {
+                let msg = problems.messages.join("; ");
+                if problems.class == Class::Operator || backoff.attempts() > 3 {
                     tracing::error!(url = %server.url(), retry_in = ?delay, "cannot start shipping: {msg}");
                 } else {
                     tracing::warn!(url = %server.url(), retry_in = ?delay, "ClickHouse not reachable yet: {msg}");
@@ -278,50 +300,6 @@ async fn connect(server: &Server) -> (Version, Schema) {
             }
         }
     }
-}
-
-async fn try_connect(server: &Server) -> Result<(Version, Schema), (Class, String)> {
-    let cfg = server.config();
-    let fail = |f: crate::clickhouse::Failure| {
-        let msg = if f.class == Class::Operator {
-            format!("{} ({})", f.message, f.advice())
-        } else {
-            f.message
-        };
-        (f.class, msg)
-    };
-    let version = server.version().await.map_err(fail)?;
-    let mut columns = server.describe().await.map_err(fail)?;
-    if columns.is_none() && cfg.create_table {
-        server.create_default_table(version).await.map_err(fail)?;
-        tracing::info!(table = %cfg.table, "created the table");
-        columns = server.describe().await.map_err(fail)?;
-    }
-    if cfg.create_table && cfg.urls.len() > 1 {
-        // Every replica gets the default table, so a fail-over finds it.
-        for other in server.each() {
-            if let Ok(None) = other.describe().await
-                && let Ok(v) = other.version().await
-                && other.create_default_table(v).await.is_ok()
-            {
-                tracing::info!(url = %other.url(), table = %cfg.table, "created the table");
-            }
-        }
-    }
-    let Some(columns) = columns else {
-        return Err((
-            Class::Operator,
-            format!(
-                "table {}.{} does not exist and create_table = false",
-                cfg.database, cfg.table
-            ),
-        ));
-    };
-    let schema = schema_of(&columns).map_err(|bad| {
-        let names: Vec<String> = bad.iter().map(|b| b.to_string()).collect();
-        (Class::Operator, names.join("; "))
-    })?;
-    Ok((version, schema))
 }
 
 /// One chtail per state directory: a second one would commit over the first.

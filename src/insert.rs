@@ -22,7 +22,6 @@ use twox_hash::XxHash64;
 use crate::batch::{self, Batch};
 use crate::checkpoint::{self, Checkpoints, ChunkRange, Manifest};
 use crate::clickhouse::{Backoff, Class, Failure, Server};
-use crate::config;
 use crate::parse::Reject;
 use crate::quarantine::Quarantine;
 use crate::stats::Stats;
@@ -32,7 +31,8 @@ const PRUNE_AFTER_SECS: u64 = 3600;
 
 pub struct Inserter {
     pub server: Server,
-    pub sql: String,
+    /// The INSERT statement of each table, by route.
+    pub sqls: Vec<String>,
     /// Send `insert_deduplication_token` (the server knows the setting).
     pub dedup_tokens: bool,
     pub checkpoints: Arc<Mutex<Checkpoints>>,
@@ -136,7 +136,7 @@ impl Inserter {
     async fn deliver(&mut self, batch: &Batch, token: &str) -> bool {
         let token = self.dedup_tokens.then_some(token);
         let parts = batch.chunks.iter().map(|c| c.data.clone()).collect();
-        match self.send(parts, token, batch.rows).await {
+        match self.send(batch.route, parts, token, batch.rows).await {
             Ok(()) => true,
             Err(SendError::GaveUp) => false,
             Err(SendError::Bad(f)) => {
@@ -166,7 +166,10 @@ impl Inserter {
                 let h = XxHash64::oneshot(0, format!("{t}/{a}-{b}").as_bytes());
                 format!("{t}-{h:016x}")
             });
-            match self.send(parts, sub_token.as_deref(), b - a).await {
+            match self
+                .send(batch.route, parts, sub_token.as_deref(), b - a)
+                .await
+            {
                 Ok(()) => {}
                 Err(SendError::GaveUp) => return false,
                 Err(SendError::Bad(f)) if b - a == 1 => {
@@ -197,6 +200,7 @@ impl Inserter {
     /// shutdown deadline passes between attempts.
     async fn send(
         &mut self,
+        route: u16,
         parts: Vec<bytes::Bytes>,
         token: Option<&str>,
         rows: usize,
@@ -206,7 +210,8 @@ impl Inserter {
             if *self.give_up.borrow() {
                 return Err(SendError::GaveUp);
             }
-            let result = self.server.insert(&self.sql, parts.clone(), token).await;
+            let sql = &self.sqls[usize::from(route)];
+            let result = self.server.insert(sql, parts.clone(), token).await;
             let failure = match result {
                 Ok(()) => {
                     self.relax_parts_pressure();
@@ -333,9 +338,4 @@ fn read_line_at(path: &Path, offset: u64) -> Vec<u8> {
         buf.truncate(end);
     }
     buf
-}
-
-/// The insert statement and settings for a configured table.
-pub fn insert_sql(cfg: &config::ClickHouse, schema: &crate::parse::Schema) -> String {
-    schema.insert_sql(&cfg.database, &cfg.table)
 }

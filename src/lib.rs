@@ -36,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod insert;
 pub mod parse;
+pub mod plan;
 pub mod quarantine;
 pub mod queue;
 pub mod stats;

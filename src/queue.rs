@@ -30,6 +30,8 @@ pub struct RowMark {
 /// Complete lines `start..end` of one file, parsed and encoded.
 #[derive(Debug, Clone)]
 pub struct Chunk {
+    /// The table the rows go to (an index into the daemon's tables).
+    pub route: u16,
     pub file: FileId,
     /// The file's identity when the chunk was read: what names the bytes
     /// beyond this process (FileIds are chtail's own numbering).
@@ -173,6 +175,7 @@ mod tests {
 
     pub(crate) fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
         Chunk {
+            route: 0,
             file: FileId(file),
             identity: Identity {
                 dev: 1,

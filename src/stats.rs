@@ -10,6 +10,8 @@ pub struct Stats {
     pub lines_read: AtomicU64,
     pub bytes_read: AtomicU64,
     pub rows_parsed: AtomicU64,
+    /// JSON keys no column took (and no catch-all column kept).
+    pub keys_ignored: AtomicU64,
     pub quarantined: AtomicU64,
     pub batches_inserted: AtomicU64,
     pub rows_inserted: AtomicU64,

@@ -40,7 +40,7 @@ use bytes::Bytes;
 
 use crate::checkpoint::{Checkpoints, FileId};
 use crate::config;
-use crate::parse::{Reject, Schema};
+use crate::parse::{self, LineMeta, Reject};
 use crate::quarantine::Quarantine;
 use crate::queue::{Cancelled, Chunk, Queue, RowMark};
 use crate::stats::Stats;
@@ -86,6 +86,8 @@ impl Control {
 
 struct Tracked {
     id: FileId,
+    /// The `[[source]]` it belongs to: which encoder and table.
+    source: usize,
     path: Arc<Path>,
     file: File,
     identity: Identity,
@@ -106,9 +108,23 @@ struct Tracked {
     verified: Option<Instant>,
 }
 
+/// How one source's lines become rows, and to which table they go.
+#[derive(Clone)]
+pub struct SourceRoute {
+    /// Glob patterns of the source.
+    pub patterns: Vec<String>,
+    pub encoder: Arc<parse::Encoder>,
+    /// Index of the source's table among the daemon's tables.
+    pub route: u16,
+}
+
 /// Turns lines into rows, and rejected lines into quarantine records.
 struct Encoder<'a> {
-    schema: &'a Schema,
+    enc: &'a parse::Encoder,
+    /// The JSON strings of the metadata: host, read time, path.
+    host: &'a str,
+    now: String,
+    path: String,
     /// `None` when re-reading for a replay: those lines were quarantined
     /// the first time.
     quarantine: Option<&'a Mutex<Quarantine>>,
@@ -116,9 +132,33 @@ struct Encoder<'a> {
     max_line: usize,
 }
 
+/// The [`Sink`] for file `i` of a tailer, borrowing only the fields it
+/// needs, so that the file itself can be borrowed mutably beside it.
+macro_rules! sink {
+    ($tailer:ident, $i:expr) => {{
+        let t = &$tailer.files[$i];
+        let src = &$tailer.sources[t.source];
+        Sink {
+            enc: Encoder::new(
+                &src.encoder,
+                &$tailer.host,
+                &t.path,
+                Some(&$tailer.quarantine),
+                &$tailer.stats,
+                $tailer.cfg.max_line_bytes,
+            ),
+            route: src.route,
+            queue: &$tailer.queue,
+            cancel: &$tailer.control.cancel,
+            chunk_rows: $tailer.chunk_rows,
+        }
+    }};
+}
+
 /// What the read loop needs besides the file itself.
 struct Sink<'a> {
     enc: Encoder<'a>,
+    route: u16,
     queue: &'a Queue,
     cancel: &'a AtomicBool,
     chunk_rows: usize,
@@ -134,10 +174,12 @@ pub struct Shared {
 
 pub struct Tailer {
     patterns: Vec<String>,
+    sources: Vec<SourceRoute>,
+    /// This machine's name as a JSON string, for the host metadata column.
+    host: String,
     cfg: config::Tail,
     /// A chunk never holds more rows than a batch may.
     chunk_rows: usize,
-    schema: Arc<Schema>,
     queue: Arc<Queue>,
     checkpoints: Arc<Mutex<Checkpoints>>,
     quarantine: Arc<Mutex<Quarantine>>,
@@ -158,10 +200,9 @@ pub struct Tailer {
 
 impl Tailer {
     pub fn new(
-        sources: &[config::Source],
+        sources: Vec<SourceRoute>,
         cfg: config::Tail,
         batch_rows: usize,
-        schema: Arc<Schema>,
         shared: Shared,
     ) -> Tailer {
         let Shared {
@@ -176,14 +217,15 @@ impl Tailer {
             names_changed: Arc::new(AtomicBool::new(false)),
             wake: tx,
         };
-        let patterns: Vec<String> = sources.iter().flat_map(|s| s.paths.clone()).collect();
+        let patterns: Vec<String> = sources.iter().flat_map(|s| s.patterns.clone()).collect();
         let watcher = watch(&patterns, control.clone());
         Tailer {
             patterns,
+            sources,
+            host: LineMeta::json(&host_name()),
             chunk_rows: batch_rows.clamp(1, CHUNK_ROWS),
             buf: vec![0; cfg.read_buffer_bytes],
             cfg,
-            schema,
             queue,
             checkpoints,
             quarantine,
@@ -234,20 +276,6 @@ impl Tailer {
         }
         tracing::debug!("tailer stopped reading");
         self.queue.close();
-    }
-
-    fn sink(&self) -> Sink<'_> {
-        Sink {
-            enc: Encoder {
-                schema: &self.schema,
-                quarantine: Some(&self.quarantine),
-                stats: &self.stats,
-                max_line: self.cfg.max_line_bytes,
-            },
-            queue: &self.queue,
-            cancel: &self.control.cancel,
-            chunk_rows: self.chunk_rows,
-        }
     }
 
     fn log_error(&mut self, path: &Path, what: &str, e: &std::io::Error) {
@@ -387,6 +415,9 @@ impl Tailer {
                 .map(|f| (f.id, f.offset, f.path.clone()))
         };
         let mut waiting_for = None;
+        // Where the file was known before: its source is that path's.
+        let mut prior: Option<PathBuf> =
+            known.and_then(|(id, _)| cp.get(id).map(|f| f.path.clone()));
         let (id, read_from) = match known {
             Some((id, offset)) if offset <= size => {
                 cp.set_path(id, path);
@@ -416,6 +447,7 @@ impl Tailer {
                     }
                     .min(size);
                     tracing::info!(path = %path.display(), original = %original_path.display(), offset = read_from, waiting = live, "file is a copy of one already read (copytruncate); reading only what was not read from the original");
+                    prior = Some(original_path);
                     // The checkpoint starts at what is committed: a crash
                     // re-sends rather than loses.
                     (
@@ -434,8 +466,10 @@ impl Tailer {
         } else {
             tracing::info!(id = id.0, path = %path.display(), size, "tracking new file");
         }
+        let source = source_near(&self.sources, prior.as_deref(), path);
         self.files.push(Tracked {
             id,
+            source,
             path: Arc::from(path),
             file,
             identity,
@@ -577,17 +611,7 @@ impl Tailer {
             t.identity = longer;
             lock(&self.checkpoints).set_identity(t.id, longer);
         }
-        let sink = Sink {
-            enc: Encoder {
-                schema: &self.schema,
-                quarantine: Some(&self.quarantine),
-                stats: &self.stats,
-                max_line: self.cfg.max_line_bytes,
-            },
-            queue: &self.queue,
-            cancel: &self.control.cancel,
-            chunk_rows: self.chunk_rows,
-        };
+        let sink = sink!(self, i);
         let t = &mut self.files[i];
         match read_file(t, &sink, &mut self.buf) {
             Ok(progress) => {
@@ -642,7 +666,7 @@ impl Tailer {
             if t.splitter.pending() > 0 && idle >= Some(RELEASE_IDLE) {
                 // The writer left a last line without its newline and the
                 // file is gone from the sources: it will never complete.
-                let sink = self.sink();
+                let sink = sink!(self, i);
                 flush_incomplete(&self.files[i], &sink)?;
             } else if t.splitter.pending() > 0 {
                 i += 1;
@@ -679,13 +703,20 @@ impl ChunkBuilder {
         }
     }
 
-    fn take_chunk(&mut self, file: FileId, identity: Identity, path: &Arc<Path>) -> Option<Chunk> {
+    fn take_chunk(
+        &mut self,
+        route: u16,
+        file: FileId,
+        identity: Identity,
+        path: &Arc<Path>,
+    ) -> Option<Chunk> {
         if self.end == self.start {
             return None;
         }
         let next = ChunkBuilder::new(self.end);
         let done = std::mem::replace(self, next);
         Some(Chunk {
+            route,
             file,
             identity,
             path: path.clone(),
@@ -723,7 +754,7 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             sink.enc.piece(piece, &t.path, &mut builder);
             builder.end = end;
             if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
-                && let Some(c) = builder.take_chunk(t.id, t.identity, &t.path)
+                && let Some(c) = builder.take_chunk(sink.route, t.id, t.identity, &t.path)
             {
                 sink.queue
                     .push(c, sink.cancel)
@@ -735,7 +766,7 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
             break;
         }
     }
-    if let Some(c) = builder.take_chunk(t.id, t.identity, &t.path) {
+    if let Some(c) = builder.take_chunk(sink.route, t.id, t.identity, &t.path) {
         sink.queue
             .push(c, sink.cancel)
             .map_err(|_| ReadError::Cancelled)?;
@@ -743,7 +774,37 @@ fn read_file(t: &mut Tracked, sink: &Sink<'_>, buf: &mut [u8]) -> Result<bool, R
     Ok(progress)
 }
 
-impl Encoder<'_> {
+impl<'a> Encoder<'a> {
+    fn new(
+        enc: &'a parse::Encoder,
+        host: &'a str,
+        path: &Path,
+        quarantine: Option<&'a Mutex<Quarantine>>,
+        stats: &'a Stats,
+        max_line: usize,
+    ) -> Encoder<'a> {
+        // The metadata's JSON text, made once per read, and only if a
+        // column takes it.
+        let (now, path) = if enc.uses_metadata() {
+            let now = parse::time::format_utc(parse::time::now());
+            (
+                LineMeta::json(&now),
+                LineMeta::json(&path.to_string_lossy()),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        Encoder {
+            enc,
+            host,
+            now,
+            path,
+            quarantine,
+            stats,
+            max_line,
+        }
+    }
+
     fn piece(&self, piece: Piece<'_>, path: &Path, b: &mut ChunkBuilder) {
         self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
         match piece {
@@ -755,8 +816,19 @@ impl Encoder<'_> {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     return;
                 }
-                match self.schema.encode_line(line, &mut b.data) {
-                    Ok(()) => {
+                let meta = LineMeta {
+                    path: &self.path,
+                    offset: start,
+                    host: self.host,
+                    ingest_time: &self.now,
+                };
+                match self.enc.encode_line(line, &meta, &mut b.data) {
+                    Ok(ignored) => {
+                        if ignored > 0 {
+                            self.stats
+                                .keys_ignored
+                                .fetch_add(u64::from(ignored), Ordering::Relaxed);
+                        }
                         b.rows.push(RowMark {
                             offset: start,
                             end: b.data.len() as u32,
@@ -791,16 +863,19 @@ pub fn reread(
     (id, identity): (FileId, Identity),
     path: &Path,
     (start, end): (u64, u64),
-    schema: &Schema,
+    source: &SourceRoute,
     cfg: &config::Tail,
     stats: &Stats,
 ) -> std::io::Result<Chunk> {
-    let enc = Encoder {
-        schema,
-        quarantine: None,
+    let host = LineMeta::json(&host_name());
+    let enc = Encoder::new(
+        &source.encoder,
+        &host,
+        path,
+        None,
         stats,
-        max_line: cfg.max_line_bytes,
-    };
+        cfg.max_line_bytes,
+    );
     let mut splitter = LineSplitter::new(start, cfg.max_line_bytes);
     let mut builder = ChunkBuilder::new(start);
     let mut buf = vec![0u8; cfg.read_buffer_bytes];
@@ -821,15 +896,18 @@ pub fn reread(
         }
     }
     let path: Arc<Path> = Arc::from(path);
-    Ok(builder.take_chunk(id, identity, &path).unwrap_or(Chunk {
-        file: id,
-        identity,
-        path,
-        start,
-        end,
-        rows: Vec::new(),
-        data: Bytes::new(),
-    }))
+    Ok(builder
+        .take_chunk(source.route, id, identity, &path)
+        .unwrap_or(Chunk {
+            route: source.route,
+            file: id,
+            identity,
+            path,
+            start,
+            end,
+            rows: Vec::new(),
+            data: Bytes::new(),
+        }))
 }
 
 /// Finds a checkpointed file again: at its recorded path, or by identity
@@ -872,6 +950,7 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
     sink.enc
         .reject(&t.path, start, &reject, &head, n as u64 != end - start);
     let chunk = Chunk {
+        route: sink.route,
         file: t.id,
         identity: t.identity,
         path: t.path.clone(),
@@ -881,6 +960,43 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
         data: Bytes::new(),
     };
     sink.queue.push(chunk, sink.cancel)
+}
+
+/// This machine's host name, for the host metadata column.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The source a path belongs to: the first whose globs match it.
+pub fn source_of(sources: &[SourceRoute], path: &Path) -> Option<usize> {
+    sources.iter().position(|s| {
+        s.patterns.iter().any(|p| {
+            glob::Pattern::new(p)
+                .map(|g| g.matches_path(path))
+                .unwrap_or(false)
+        })
+    })
+}
+
+/// The source of a file found outside the globs (a rotated name): the one
+/// its last known path belongs to, else the first source watching its
+/// directory.
+pub fn source_near(sources: &[SourceRoute], known: Option<&Path>, path: &Path) -> usize {
+    known
+        .and_then(|k| source_of(sources, k))
+        .or_else(|| source_of(sources, path))
+        .or_else(|| {
+            let dir = path.parent()?;
+            sources
+                .iter()
+                .position(|s| s.patterns.iter().any(|p| literal_dir(p) == dir))
+        })
+        .unwrap_or(0)
 }
 
 fn prefix_has_newline(file: &File, len: u64) -> bool {

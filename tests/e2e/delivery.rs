@@ -317,7 +317,7 @@ fn check_creates_the_table_and_status_shows_lag() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("created it"), "{stdout}");
     assert!(
-        stdout.contains("duration_ms -> duration_ms (Float64)"),
+        stdout.contains("\"duration_ms\" -> duration_ms (Float64)"),
         "{stdout}"
     );
     assert_eq!(ch.number(&format!("EXISTS TABLE {}", env.table())), 1);

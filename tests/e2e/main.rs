@@ -11,3 +11,4 @@ mod delivery;
 mod model;
 mod modern;
 mod rotation;
+mod schema;

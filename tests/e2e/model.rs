@@ -133,21 +133,22 @@ impl Harness {
         let checkpoints = Arc::new(Mutex::new(cp));
         let stats = Arc::new(Stats::default());
         let queue = Arc::new(Queue::new(64, 1 << 20, stats.clone()));
-        let schema = Arc::new(Schema::new(&[("ts".to_string(), "String".to_string())]).unwrap());
+        let schema = Arc::new(Schema::plain(&[("ts".to_string(), "String".to_string())]).unwrap());
         let tail_cfg = config::Tail {
             poll_interval: Duration::from_millis(30),
             max_line_bytes: 1 << 16,
             read_buffer_bytes: 97, // small reads: lines straddle them
         };
-        let sources = [config::Source {
-            paths: vec![self.glob.clone()],
+        let sources = vec![chtail::tail::SourceRoute {
+            patterns: vec![self.glob.clone()],
+            encoder: Arc::new(chtail::parse::Encoder::plain(schema)),
+            route: 0,
         }];
         let quarantine = Arc::new(Mutex::new(Quarantine::new(&self.state, stats.clone())));
         let tailer = Tailer::new(
-            &sources,
+            sources,
             tail_cfg,
             16, // small chunks: more commits, more places to crash between
-            schema,
             chtail::tail::Shared {
                 queue: queue.clone(),
                 checkpoints: checkpoints.clone(),

@@ -5,7 +5,7 @@ It speaks the part of ClickHouse's HTTP interface that chtail uses:
   body follows the query);
 - `default_format` and `database` parameters; every other parameter that is
   not a known HTTP option is a query setting;
-- `INSERT ... FORMAT RowBinary` with the rows in the body, chunked or not,
+- `INSERT ... FORMAT RowBinary` (or RowBinaryWithDefaults) with the rows in the body, chunked or not,
   LZ4-compressed in ClickHouse's block format when `decompress=1`;
 - credentials in `X-ClickHouse-User`/`X-ClickHouse-Key` or `user`/`password`;
 - errors as HTTP 4xx/5xx with `Code: N. DB::Exception: ...` in the body and
@@ -41,7 +41,8 @@ HTTP_OPTIONS = {
     "password", "query_id", "session_id", "wait_end_of_query", "role",
 }
 INSERT_ROWBINARY = re.compile(
-    r"^\s*INSERT\s+INTO\s+(\S+)\s*\((.*?)\)\s*FORMAT\s+RowBinary\s*$", re.S | re.I
+    r"^\s*INSERT\s+INTO\s+(\S+)\s*\((.*?)\)\s*FORMAT\s+(RowBinary|RowBinaryWithDefaults)\s*$",
+    re.S | re.I,
 )
 
 
@@ -173,7 +174,7 @@ class Handler(BaseHTTPRequestHandler):
         fmt = params.get("default_format", "TabSeparated")
         m = INSERT_ROWBINARY.match(sql)
         if m:
-            return self.insert(m.group(1), m.group(2), body, settings)
+            return self.insert(m.group(1), m.group(2), body, settings, m.group(3))
         sql = (sql + "\n" + body.decode()) if sql else body.decode()
         sql = sql.strip().rstrip(";")
         fm = re.search(r"\bFORMAT\s+(\w+)\s*$", sql, re.I)
@@ -182,7 +183,7 @@ class Handler(BaseHTTPRequestHandler):
             sql = sql[: fm.start()]
         return run(sql, fmt)
 
-    def insert(self, table, columns, body, settings):
+    def insert(self, table, columns, body, settings, fmt="RowBinary"):
         # A test can make the server refuse rows as bad data: any insert
         # whose body holds a marker listed in DATA_DIR/../reject.
         reject = os.path.join(os.path.dirname(DATA_DIR.rstrip("/")), "reject")
@@ -210,10 +211,18 @@ class Handler(BaseHTTPRequestHandler):
             if settings:
                 clause = " SETTINGS " + ", ".join(f"{k} = {setting_value(v)}" for k, v in settings.items())
             col_list = ", ".join(f"`{c}`" for c in cols)
-            run(
-                f"INSERT INTO {table} ({col_list}){clause} "
-                f"SELECT * FROM file('{path}', 'RowBinary', {setting_value(structure)})"
-            )
+            if fmt.lower() == "rowbinarywithdefaults":
+                # Read as an input format, so the table's DEFAULT
+                # expressions fill the values marked "default".
+                run(
+                    f"INSERT INTO {table} ({col_list}) FROM INFILE '{path}'"
+                    f"{clause} FORMAT RowBinaryWithDefaults"
+                )
+            else:
+                run(
+                    f"INSERT INTO {table} ({col_list}){clause} "
+                    f"SELECT * FROM file('{path}', 'RowBinary', {setting_value(structure)})"
+                )
             if logging:
                 rows_after = run(f"SELECT count() FROM {table}").strip()
                 with open(os.environ["CHDB_FRONT_LOG"], "a") as log:

@@ -1,0 +1,420 @@
+//! Timestamps and dates from what bots write: ISO-8601 strings (with `T` or
+//! a space, `.` or `,` before the fraction, `Z` or a `±hh:mm` offset, or no
+//! offset at all) and epoch numbers.
+//!
+//! Epoch numbers are read by magnitude, as bots write seconds, milliseconds
+//! or finer: below 10^11 they are seconds (up to the year 5138), below 10^14
+//! milliseconds, below 10^17 microseconds, else nanoseconds. A string
+//! without an offset is a wall-clock time in the column's time zone (the
+//! server's when the column names none), as ClickHouse reads it.
+
+use jiff::tz::TimeZone;
+
+/// An instant: seconds since 1970-01-01 UTC and nanoseconds into the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instant {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// A calendar date and time as written, with its offset if it had one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub year: i32,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+    pub nanos: u32,
+    /// Seconds east of UTC; `None` when the text gave no offset.
+    pub offset: Option<i32>,
+    /// Whether the text had a time of day at all.
+    pub has_time: bool,
+}
+
+/// Parses an ISO-8601 date or date-time.
+pub fn parse_iso(s: &str) -> Option<Written> {
+    let b = s.trim().as_bytes();
+    let mut p = Cursor { b, i: 0 };
+    let neg = p.eat(b'-');
+    let year = p.digits(4, 4)? as i32;
+    let year = if neg { -year } else { year };
+    p.expect(b'-')?;
+    let month = p.digits(2, 2)? as u8;
+    p.expect(b'-')?;
+    let day = p.digits(2, 2)? as u8;
+    let mut w = Written {
+        year,
+        month,
+        day,
+        hour: 0,
+        minute: 0,
+        second: 0,
+        nanos: 0,
+        offset: None,
+        has_time: false,
+    };
+    if days_in_month(year, month)? < day || day == 0 {
+        return None;
+    }
+    if p.done() {
+        return Some(w);
+    }
+    if !(p.eat(b'T') || p.eat(b't') || p.eat(b' ')) {
+        return None;
+    }
+    w.has_time = true;
+    w.hour = p.digits(2, 2)? as u8;
+    p.expect(b':')?;
+    w.minute = p.digits(2, 2)? as u8;
+    if p.eat(b':') {
+        w.second = p.digits(2, 2)? as u8;
+        if p.eat(b'.') || p.eat(b',') {
+            let start = p.i;
+            let mut nanos = 0u32;
+            while let Some(d) = p.peek().filter(u8::is_ascii_digit) {
+                if p.i - start < 9 {
+                    nanos = nanos * 10 + u32::from(d - b'0');
+                }
+                p.i += 1;
+            }
+            let n = p.i - start;
+            if n == 0 {
+                return None;
+            }
+            for _ in n..9 {
+                nanos *= 10;
+            }
+            w.nanos = nanos;
+        }
+    }
+    // A leap second is read as the last second of its minute.
+    if w.hour > 23 || w.minute > 59 || w.second > 60 {
+        return None;
+    }
+    w.second = w.second.min(59);
+    p.eat(b' ');
+    if p.eat(b'Z') || p.eat(b'z') {
+        w.offset = Some(0);
+    } else if let Some(sign) = p.peek().filter(|c| *c == b'+' || *c == b'-') {
+        p.i += 1;
+        let h = p.digits(2, 2)? as i32;
+        p.eat(b':');
+        let m = if p.done() { 0 } else { p.digits(2, 2)? as i32 };
+        if h > 23 || m > 59 {
+            return None;
+        }
+        let off = h * 3600 + m * 60;
+        w.offset = Some(if sign == b'-' { -off } else { off });
+    } else if p.rest() == b"UTC" || p.rest() == b"GMT" {
+        p.i = b.len();
+        w.offset = Some(0);
+    }
+    p.done().then_some(w)
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.i += usize::from(hit);
+        hit
+    }
+    fn expect(&mut self, c: u8) -> Option<()> {
+        self.eat(c).then_some(())
+    }
+    fn done(&self) -> bool {
+        self.i == self.b.len()
+    }
+    fn rest(&self) -> &[u8] {
+        &self.b[self.i..]
+    }
+    fn digits(&mut self, min: usize, max: usize) -> Option<u32> {
+        let start = self.i;
+        let mut v = 0u32;
+        while self.i - start < max {
+            match self.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    v = v * 10 + u32::from(d - b'0');
+                    self.i += 1;
+                }
+                _ => break,
+            }
+        }
+        (self.i - start >= min).then_some(v)
+    }
+}
+
+fn is_leap(y: i32) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i32, m: u8) -> Option<u8> {
+    Some(match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap(y) => 29,
+        2 => 28,
+        _ => return None,
+    })
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date.
+pub fn days_from_civil(y: i32, m: u8, d: u8) -> i64 {
+    let y = i64::from(y) - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date (year, month, day) of a day count from 1970-01-01.
+pub fn civil_from_days(z: i64) -> (i64, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+impl Written {
+    /// The instant this names: exact with an offset, else a wall-clock time
+    /// in `tz`.
+    pub fn instant(&self, tz: &TimeZone) -> Option<Instant> {
+        let days = days_from_civil(self.year, self.month, self.day);
+        let wall = days * 86_400
+            + i64::from(self.hour) * 3600
+            + i64::from(self.minute) * 60
+            + i64::from(self.second);
+        let secs = match self.offset {
+            Some(off) => wall - i64::from(off),
+            None if *tz == TimeZone::UTC => wall,
+            None => {
+                let dt = jiff::civil::DateTime::new(
+                    i16::try_from(self.year).ok()?,
+                    self.month as i8,
+                    self.day as i8,
+                    self.hour as i8,
+                    self.minute as i8,
+                    self.second as i8,
+                    0,
+                )
+                .ok()?;
+                tz.to_ambiguous_timestamp(dt).compatible().ok()?.as_second()
+            }
+        };
+        Some(Instant {
+            secs,
+            nanos: self.nanos,
+        })
+    }
+}
+
+/// An epoch number (JSON number text, or a string of digits) as an instant.
+pub fn parse_epoch(text: &str) -> Option<Instant> {
+    let t = text.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (digits, ""),
+    };
+    if int.is_empty()
+        || !int.bytes().all(|c| c.is_ascii_digit())
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+        || int.len() > 19
+    {
+        return None;
+    }
+    let whole: i128 = int.parse().ok()?;
+    // The unit by magnitude: s, ms, µs, ns.
+    let exp = match whole {
+        w if w < 100_000_000_000 => 0,
+        w if w < 100_000_000_000_000 => 3,
+        w if w < 100_000_000_000_000_000 => 6,
+        _ => 9,
+    };
+    // Total nanoseconds, from the integer part and up to 9 digits of fraction.
+    let unit_ns = 10i128.pow(9 - exp);
+    let mut frac_ns: i128 = 0;
+    let mut scale = unit_ns;
+    for c in frac.bytes() {
+        scale /= 10;
+        if scale == 0 {
+            break;
+        }
+        frac_ns += i128::from(c - b'0') * scale;
+    }
+    let mut total = whole * unit_ns + frac_ns;
+    if neg {
+        total = -total;
+    }
+    let secs = i64::try_from(total.div_euclid(1_000_000_000)).ok()?;
+    let nanos = total.rem_euclid(1_000_000_000) as u32;
+    Some(Instant { secs, nanos })
+}
+
+/// Reads a JSON string or number as an instant. `text` is the unescaped
+/// string or the number's text; `quoted` says which it was.
+pub fn instant(text: &str, quoted: bool, tz: &TimeZone) -> Result<Instant, String> {
+    let parsed = if quoted {
+        parse_iso(text)
+            .and_then(|w| w.instant(tz))
+            .or_else(|| parse_epoch(text))
+    } else {
+        parse_epoch(text)
+    };
+    parsed.ok_or_else(|| {
+        format!(
+            "cannot read {} as a timestamp (ISO-8601 or epoch seconds/milliseconds)",
+            super::types::quote_short(text)
+        )
+    })
+}
+
+/// `2026-11-22T10:00:00.123456Z`, for the ingest-time metadata column.
+pub fn format_utc(i: Instant) -> String {
+    let days = i.secs.div_euclid(86_400);
+    let sod = i.secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        i.nanos / 1000
+    )
+}
+
+/// The current time.
+pub fn now() -> Instant {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> Option<Instant> {
+        parse_iso(s)?.instant(&TimeZone::UTC)
+    }
+
+    #[test]
+    fn iso_forms_bots_write() {
+        let base = 1_795_341_600; // 2026-11-22T10:00:00Z
+        let want = |nanos| Some(Instant { secs: base, nanos });
+        assert_eq!(utc("2026-11-22T10:00:00Z"), want(0));
+        assert_eq!(utc("2026-11-22T10:00:00+00:00"), want(0));
+        assert_eq!(utc("2026-11-22T11:00:00+01:00"), want(0));
+        assert_eq!(utc("2026-11-22T05:30:00-0430"), want(0));
+        assert_eq!(utc("2026-11-22 10:00:00"), want(0));
+        assert_eq!(utc("2026-11-22 10:00:00,123"), want(123_000_000));
+        assert_eq!(utc("2026-11-22T10:00:00.123456+00:00"), want(123_456_000));
+        assert_eq!(utc("2026-11-22T10:00:00.1234567891Z"), want(123_456_789));
+        assert_eq!(utc("2026-11-22T10:00"), want(0));
+        assert_eq!(utc("2026-11-22 10:00:00 UTC"), want(0));
+        assert_eq!(
+            utc("2026-11-22"),
+            Some(Instant {
+                secs: base - 36_000,
+                nanos: 0
+            })
+        );
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "2026-11-22T25:00:00",
+            "2026-11-22T10:00:00+",
+            "22/11/2026",
+            "yesterday",
+            "",
+            "2026-11-22T10:00:00.Z",
+            "2026-11-22T10:00:00Zjunk",
+        ] {
+            assert_eq!(utc(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn wall_clock_times_take_the_zone() {
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        let w = parse_iso("2026-07-01 12:00:00").unwrap();
+        assert_eq!(w.instant(&berlin).unwrap().secs, 1_782_907_200 - 7200);
+        // An explicit offset wins over the zone.
+        let w = parse_iso("2026-07-01T12:00:00Z").unwrap();
+        assert_eq!(w.instant(&berlin).unwrap().secs, 1_782_907_200);
+    }
+
+    #[test]
+    fn epochs_by_magnitude() {
+        let s = Instant {
+            secs: 1_795_341_600,
+            nanos: 0,
+        };
+        assert_eq!(parse_epoch("1795341600"), Some(s));
+        assert_eq!(parse_epoch("1795341600000"), Some(s));
+        assert_eq!(parse_epoch("1795341600000000"), Some(s));
+        assert_eq!(parse_epoch("1795341600000000000"), Some(s));
+        assert_eq!(
+            parse_epoch("1795341600.25"),
+            Some(Instant {
+                secs: 1_795_341_600,
+                nanos: 250_000_000
+            })
+        );
+        assert_eq!(
+            parse_epoch("1795341600123"),
+            Some(Instant {
+                secs: 1_795_341_600,
+                nanos: 123_000_000
+            })
+        );
+        assert_eq!(
+            parse_epoch("-1.5"),
+            Some(Instant {
+                secs: -2,
+                nanos: 500_000_000
+            })
+        );
+        for bad in ["1e9", "abc", "", "-", "99999999999999999999999", "1.2.3"] {
+            assert_eq!(parse_epoch(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn civil_round_trip() {
+        for days in [-719_468, -25_567, -1, 0, 1, 20_414, 120_529, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y as i32, m, d), days);
+        }
+        assert_eq!(
+            format_utc(Instant {
+                secs: 1_795_341_600,
+                nanos: 123_456_789
+            }),
+            "2026-11-22T10:00:00.123456Z"
+        );
+    }
+}

@@ -1,0 +1,680 @@
+//! Column types: reading ClickHouse's type names, and writing one JSON value
+//! as one RowBinary value of a type.
+//!
+//! The rules follow what ClickHouse itself does with JSON input: a missing
+//! key or `null` takes the type's default (NULL for Nullable), a string
+//! column takes any JSON value (non-strings keep their JSON text), numbers
+//! are range-checked, a number into a Date is a day count, and timestamps
+//! are read as described in [`super::time`]. What cannot be written is an
+//! error naming what was expected, and the line is quarantined.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use jiff::tz::TimeZone;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::time;
+
+/// A column type chtail can encode.
+#[derive(Debug, Clone)]
+pub enum ColumnType {
+    /// `String` (and `LowCardinality(String)`, the same in RowBinary).
+    String,
+    FixedString(usize),
+    /// `Int8`…`Int256`, `UInt8`…`UInt256`.
+    Int {
+        bits: u16,
+        signed: bool,
+    },
+    Float32,
+    Float64,
+    Bool,
+    /// `Decimal(P, S)`: an integer of 4, 8, 16 or 32 bytes, scaled by 10^S.
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    Date,
+    Date32,
+    DateTime(TimeZone),
+    DateTime64 {
+        precision: u8,
+        tz: TimeZone,
+    },
+    Uuid,
+    Ipv4,
+    Ipv6,
+    Enum {
+        bits: u8,
+        by_name: HashMap<String, i16>,
+        /// Valid values, sorted; the first is the default.
+        values: Vec<i16>,
+    },
+    Nullable(Box<ColumnType>),
+    Array(Box<ColumnType>),
+    Map(Box<ColumnType>, Box<ColumnType>),
+}
+
+/// Why a type name is not supported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl ColumnType {
+    /// Parses a type name as `DESCRIBE TABLE` prints it. `server_tz` is the
+    /// zone of DateTime columns that name none.
+    pub fn parse(name: &str, server_tz: &TimeZone) -> Result<ColumnType, Unsupported> {
+        let name = name.trim();
+        let unsupported = || Unsupported(name.to_string());
+        let (head, args) = match name.find('(') {
+            Some(i) if name.ends_with(')') => (&name[..i], Some(&name[i + 1..name.len() - 1])),
+            Some(_) => return Err(unsupported()),
+            None => (name, None),
+        };
+        let args: Vec<&str> = args.map(split_args).unwrap_or_default();
+        let one = |args: &[&str]| -> Result<ColumnType, Unsupported> {
+            match args {
+                [inner] => ColumnType::parse(inner, server_tz),
+                _ => Err(unsupported()),
+            }
+        };
+        let num = |s: &str| s.trim().parse::<u32>().map_err(|_| unsupported());
+        Ok(match (head, args.len()) {
+            ("String", 0) => ColumnType::String,
+            ("FixedString", 1) => ColumnType::FixedString(num(args[0])? as usize),
+            ("LowCardinality", 1) => one(&args)?,
+            // The stored value is the argument type's; the function is the
+            // server's business.
+            ("SimpleAggregateFunction", 2) => ColumnType::parse(args[1], server_tz)?,
+            ("Nullable", 1) => ColumnType::Nullable(Box::new(one(&args)?)),
+            ("Array", 1) => ColumnType::Array(Box::new(one(&args)?)),
+            ("Map", 2) => ColumnType::Map(
+                Box::new(ColumnType::parse(args[0], server_tz)?),
+                Box::new(ColumnType::parse(args[1], server_tz)?),
+            ),
+            ("Float32", 0) => ColumnType::Float32,
+            ("Float64", 0) => ColumnType::Float64,
+            ("Bool" | "Boolean", 0) => ColumnType::Bool,
+            ("Date", 0) => ColumnType::Date,
+            ("Date32", 0) => ColumnType::Date32,
+            ("DateTime", 0) => ColumnType::DateTime(server_tz.clone()),
+            ("DateTime", 1) => ColumnType::DateTime(zone(args[0]).ok_or_else(unsupported)?),
+            ("DateTime64", 1 | 2) => {
+                let precision = num(args[0])?;
+                if precision > 9 {
+                    return Err(unsupported());
+                }
+                let tz = match args.get(1) {
+                    Some(z) => zone(z).ok_or_else(unsupported)?,
+                    None => server_tz.clone(),
+                };
+                ColumnType::DateTime64 {
+                    precision: precision as u8,
+                    tz,
+                }
+            }
+            ("Decimal", 2) => decimal(num(args[0])?, num(args[1])?).ok_or_else(unsupported)?,
+            ("Decimal32", 1) => decimal(9, num(args[0])?).ok_or_else(unsupported)?,
+            ("Decimal64", 1) => decimal(18, num(args[0])?).ok_or_else(unsupported)?,
+            ("Decimal128", 1) => decimal(38, num(args[0])?).ok_or_else(unsupported)?,
+            ("Decimal256", 1) => decimal(76, num(args[0])?).ok_or_else(unsupported)?,
+            ("UUID", 0) => ColumnType::Uuid,
+            ("IPv4", 0) => ColumnType::Ipv4,
+            ("IPv6", 0) => ColumnType::Ipv6,
+            ("Enum8", _) | ("Enum16", _) => {
+                enum_type(if head == "Enum8" { 8 } else { 16 }, &args).ok_or_else(unsupported)?
+            }
+            (int, 0) => {
+                let (signed, digits) = match int.strip_prefix("UInt") {
+                    Some(d) => (false, d),
+                    None => (true, int.strip_prefix("Int").ok_or_else(unsupported)?),
+                };
+                let bits: u16 = digits.parse().map_err(|_| unsupported())?;
+                if ![8, 16, 32, 64, 128, 256].contains(&bits) {
+                    return Err(unsupported());
+                }
+                ColumnType::Int { bits, signed }
+            }
+            _ => return Err(unsupported()),
+        })
+    }
+
+    /// Whether a JSON `null` (or a missing key) is NULL rather than the
+    /// default.
+    pub fn is_nullable(&self) -> bool {
+        matches!(self, ColumnType::Nullable(_))
+    }
+}
+
+fn decimal(precision: u32, scale: u32) -> Option<ColumnType> {
+    (1..=76)
+        .contains(&precision)
+        .then_some(())
+        .filter(|()| scale <= precision)?;
+    Some(ColumnType::Decimal {
+        precision: precision as u8,
+        scale: scale as u8,
+    })
+}
+
+fn zone(arg: &str) -> Option<TimeZone> {
+    let name = unquote(arg)?;
+    TimeZone::get(&name).ok()
+}
+
+fn enum_type(bits: u8, args: &[&str]) -> Option<ColumnType> {
+    let mut by_name = HashMap::new();
+    let mut values = Vec::new();
+    for a in args {
+        let (name, value) = a.rsplit_once('=')?;
+        let value: i16 = value.trim().parse().ok()?;
+        if bits == 8 && i8::try_from(value).is_err() {
+            return None;
+        }
+        by_name.insert(unquote(name)?, value);
+        values.push(value);
+    }
+    values.sort_unstable();
+    (!values.is_empty()).then_some(ColumnType::Enum {
+        bits,
+        by_name,
+        values,
+    })
+}
+
+/// `'text'` with `\'` and `\\` escapes, as ClickHouse prints literals.
+fn unquote(s: &str) -> Option<String> {
+    let inner = s.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(out)
+}
+
+/// Splits `a, b(c, d), 'e, f'` at its top-level commas.
+fn split_args(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut escaped, mut start) = (0i32, false, false, 0);
+    for (i, c) in s.char_indices() {
+        if quoted {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '\'' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '\'' => quoted = true,
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        out.push(s[start..].trim());
+    }
+    out
+}
+
+/// Appends the RowBinary of one JSON value; `raw` is its JSON text, `None`
+/// for a missing key.
+pub fn encode(ty: &ColumnType, raw: Option<&str>, out: &mut Vec<u8>) -> Result<(), String> {
+    let raw = raw.filter(|r| *r != "null");
+    if let ColumnType::Nullable(inner) = ty {
+        match raw {
+            None => out.push(1),
+            Some(_) => {
+                out.push(0);
+                encode(inner, raw, out)?;
+            }
+        }
+        return Ok(());
+    }
+    let Some(raw) = raw else {
+        write_default(ty, out);
+        return Ok(());
+    };
+    match ty {
+        ColumnType::Nullable(_) => unreachable!("handled above"),
+        ColumnType::String => {
+            let text = text_of(raw)?;
+            put_varint(out, text.len() as u64);
+            out.extend_from_slice(text.as_bytes());
+        }
+        ColumnType::FixedString(n) => {
+            let text = text_of(raw)?;
+            if text.len() > *n {
+                return Err(format!(
+                    "{} is {} bytes, longer than FixedString({n})",
+                    quote_short(&text),
+                    text.len()
+                ));
+            }
+            out.extend_from_slice(text.as_bytes());
+            out.resize(out.len() + n - text.len(), 0);
+        }
+        ColumnType::Float64 => out.extend_from_slice(&float(raw)?.to_le_bytes()),
+        ColumnType::Float32 => out.extend_from_slice(&(float(raw)? as f32).to_le_bytes()),
+        ColumnType::Bool => out.push(match raw {
+            "false" | "0" => 0,
+            "true" | "1" => 1,
+            r => return Err(format!("expected true or false, got {}", shown(r))),
+        }),
+        ColumnType::Int { bits, signed } => int(raw, *bits, *signed, out)?,
+        ColumnType::Decimal { precision, scale } => {
+            let text = number_text(raw)?;
+            let v = decimal_value(&text, *precision, *scale)?;
+            put_wide(out, v, decimal_bytes(*precision));
+        }
+        ColumnType::Date | ColumnType::Date32 => {
+            let days = date(raw)?;
+            let (lo, hi, bytes) = if matches!(ty, ColumnType::Date) {
+                (0, 65_535, 2)
+            } else {
+                (-25_567, 120_529, 4) // 1900-01-01 ..= 2299-12-31
+            };
+            if !(lo..=hi).contains(&days) {
+                return Err(format!(
+                    "{} is outside the range of {}",
+                    shown(raw),
+                    if bytes == 2 { "Date" } else { "Date32" }
+                ));
+            }
+            out.extend_from_slice(&days.to_le_bytes()[..bytes]);
+        }
+        ColumnType::DateTime(tz) => {
+            let t = timestamp(raw, tz)?;
+            let secs = u32::try_from(t.secs).map_err(|_| {
+                format!("{} is outside DateTime's range (1970 to 2106)", shown(raw))
+            })?;
+            out.extend_from_slice(&secs.to_le_bytes());
+        }
+        ColumnType::DateTime64 { precision, tz } => {
+            let t = timestamp(raw, tz)?;
+            // 1900-01-01 ..= 2299-12-31 23:59:59, as ClickHouse allows.
+            if !(-2_208_988_800..=10_413_791_999).contains(&t.secs) {
+                return Err(format!(
+                    "{} is outside DateTime64's range (1900 to 2299)",
+                    shown(raw)
+                ));
+            }
+            let unit = 10i64.pow(u32::from(*precision));
+            let ticks = t.secs * unit + i64::from(t.nanos) / (1_000_000_000 / unit);
+            out.extend_from_slice(&ticks.to_le_bytes());
+        }
+        ColumnType::Uuid => {
+            let text = string_only(raw, "a UUID")?;
+            let v = uuid(&text).ok_or_else(|| format!("{} is not a UUID", quote_short(&text)))?;
+            // Two little-endian halves, high half first.
+            out.extend_from_slice(&((v >> 64) as u64).to_le_bytes());
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        ColumnType::Ipv4 => {
+            let v = if raw.starts_with('"') {
+                let text = string_only(raw, "an IPv4 address")?;
+                u32::from(
+                    text.parse::<Ipv4Addr>()
+                        .map_err(|_| format!("{} is not an IPv4 address", quote_short(&text)))?,
+                )
+            } else {
+                raw.parse::<u32>()
+                    .map_err(|_| format!("expected an IPv4 address, got {}", shown(raw)))?
+            };
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        ColumnType::Ipv6 => {
+            let text = string_only(raw, "an IPv6 address")?;
+            let v = match text.parse::<Ipv6Addr>() {
+                Ok(v) => v,
+                Err(_) => text
+                    .parse::<Ipv4Addr>()
+                    .map(|v4| v4.to_ipv6_mapped())
+                    .map_err(|_| format!("{} is not an IP address", quote_short(&text)))?,
+            };
+            out.extend_from_slice(&v.octets());
+        }
+        ColumnType::Enum {
+            bits,
+            by_name,
+            values,
+        } => {
+            let v = if raw.starts_with('"') {
+                let name = text_of(raw)?;
+                *by_name
+                    .get(name.as_ref())
+                    .ok_or_else(|| format!("{} is not a value of the Enum", quote_short(&name)))?
+            } else {
+                raw.parse::<i16>()
+                    .ok()
+                    .filter(|v| values.binary_search(v).is_ok())
+                    .ok_or_else(|| format!("{} is not a value of the Enum", shown(raw)))?
+            };
+            out.extend_from_slice(&v.to_le_bytes()[..usize::from(*bits / 8)]);
+        }
+        ColumnType::Array(inner) => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw)
+                .map_err(|_| format!("expected an array, got {}", shown(raw)))?;
+            put_varint(out, items.len() as u64);
+            for (i, item) in items.iter().enumerate() {
+                encode(inner, Some(item.get()), out).map_err(|e| format!("element {i}: {e}"))?;
+            }
+        }
+        ColumnType::Map(key, value) => {
+            let entries = object_entries(raw)
+                .map_err(|_| format!("expected an object, got {}", shown(raw)))?;
+            put_varint(out, entries.len() as u64);
+            for (k, v) in &entries {
+                encode_key(key, k, out)?;
+                encode(value, Some(v.get()), out).map_err(|e| format!("key {k:?}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Map key: JSON object keys are strings; non-string key types read the
+/// string's content (`{"42": …}` into `Map(UInt64, …)`).
+fn encode_key(ty: &ColumnType, key: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let quoted = serde_json::to_string(key).map_err(|e| e.to_string())?;
+    let as_json = match ty {
+        ColumnType::Int { .. }
+        | ColumnType::Float32
+        | ColumnType::Float64
+        | ColumnType::Decimal { .. }
+        | ColumnType::Bool => key,
+        _ => &quoted,
+    };
+    encode(ty, Some(as_json), out).map_err(|e| format!("key {key:?}: {e}"))
+}
+
+/// The type's default value, as ClickHouse fills a missing column.
+pub fn write_default(ty: &ColumnType, out: &mut Vec<u8>) {
+    let zeros = |out: &mut Vec<u8>, n: usize| out.resize(out.len() + n, 0);
+    match ty {
+        ColumnType::Nullable(_) => out.push(1),
+        ColumnType::String | ColumnType::Array(_) | ColumnType::Map(..) => out.push(0),
+        ColumnType::FixedString(n) => zeros(out, *n),
+        ColumnType::Int { bits, .. } => zeros(out, usize::from(*bits / 8)),
+        ColumnType::Float32 | ColumnType::Date32 | ColumnType::DateTime(_) | ColumnType::Ipv4 => {
+            zeros(out, 4)
+        }
+        ColumnType::Float64 | ColumnType::DateTime64 { .. } => zeros(out, 8),
+        ColumnType::Bool => zeros(out, 1),
+        ColumnType::Date => zeros(out, 2),
+        ColumnType::Decimal { precision, .. } => zeros(out, decimal_bytes(*precision)),
+        ColumnType::Uuid | ColumnType::Ipv6 => zeros(out, 16),
+        ColumnType::Enum { bits, values, .. } => {
+            out.extend_from_slice(&values[0].to_le_bytes()[..usize::from(*bits / 8)])
+        }
+    }
+}
+
+/// A string column's text: a JSON string unescaped, anything else as its
+/// JSON text (a bot that writes `"guild_id": 123` still fills the column).
+fn text_of(raw: &str) -> Result<Cow<'_, str>, String> {
+    if raw.starts_with('"') {
+        serde_json::from_str::<Cow<str>>(raw).map_err(|e| e.to_string())
+    } else {
+        Ok(Cow::Borrowed(raw))
+    }
+}
+
+fn string_only<'a>(raw: &'a str, what: &str) -> Result<Cow<'a, str>, String> {
+    if raw.starts_with('"') {
+        text_of(raw)
+    } else {
+        Err(format!("expected {what} as a string, got {}", shown(raw)))
+    }
+}
+
+fn is_number(raw: &str) -> bool {
+    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+}
+
+fn float(raw: &str) -> Result<f64, String> {
+    if !is_number(raw) {
+        return Err(format!("expected a number, got {}", shown(raw)));
+    }
+    raw.parse::<f64>()
+        .map_err(|_| format!("expected a number, got {}", shown(raw)))
+}
+
+/// A Decimal's digits: a JSON number, or a string holding one (exact
+/// decimals are often written as strings to survive JSON readers).
+fn number_text(raw: &str) -> Result<Cow<'_, str>, String> {
+    if is_number(raw) {
+        Ok(Cow::Borrowed(raw))
+    } else if raw.starts_with('"') {
+        text_of(raw)
+    } else {
+        Err(format!("expected a number, got {}", shown(raw)))
+    }
+}
+
+fn int(raw: &str, bits: u16, signed: bool, out: &mut Vec<u8>) -> Result<(), String> {
+    let bytes = usize::from(bits / 8);
+    let err_kind = || {
+        format!(
+            "expected {}, got {}",
+            if signed {
+                "an integer"
+            } else {
+                "an unsigned integer"
+            },
+            shown(raw)
+        )
+    };
+    let range = || {
+        format!(
+            "{raw} is out of range for {}Int{bits}",
+            if signed { "" } else { "U" }
+        )
+    };
+    if signed {
+        let v: i128 = raw.parse().map_err(|_| err_kind())?;
+        if bits < 128 {
+            let shift = 128 - u32::from(bits);
+            if (v << shift) >> shift != v {
+                return Err(range());
+            }
+        }
+        put_wide(out, v, bytes);
+    } else {
+        let v: u128 = raw.parse().map_err(|_| err_kind())?;
+        if bits < 128 && v >> bits != 0 {
+            return Err(range());
+        }
+        out.extend_from_slice(&v.to_le_bytes()[..bytes.min(16)]);
+        if bytes > 16 {
+            out.resize(out.len() + bytes - 16, 0);
+        }
+    }
+    Ok(())
+}
+
+/// The low `bytes` bytes of a two's-complement value, sign-extended past 16.
+fn put_wide(out: &mut Vec<u8>, v: i128, bytes: usize) {
+    let le = v.to_le_bytes();
+    out.extend_from_slice(&le[..bytes.min(16)]);
+    if bytes > 16 {
+        let fill = if v < 0 { 0xff } else { 0 };
+        out.resize(out.len() + bytes - 16, fill);
+    }
+}
+
+fn decimal_bytes(precision: u8) -> usize {
+    match precision {
+        0..=9 => 4,
+        10..=18 => 8,
+        19..=38 => 16,
+        _ => 32,
+    }
+}
+
+/// An exact decimal scaled by 10^scale; extra fraction digits are cut off
+/// (toward zero), as ClickHouse does.
+pub fn decimal_value(text: &str, precision: u8, scale: u8) -> Result<i128, String> {
+    let bad = || format!("{} is not a decimal number", quote_short(text));
+    let t = text.trim();
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().map_err(|_| bad())?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    // digits × 10^(exp − len(frac)), then scaled by 10^scale.
+    let digits = format!("{int}{frac}");
+    let shift = exp.saturating_sub(frac.len() as i64) + i64::from(scale);
+    let digits = digits.trim_start_matches('0');
+    let kept: &str = if shift >= 0 {
+        digits
+    } else {
+        let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
+        &digits[..digits.len().saturating_sub(cut)]
+    };
+    let limit = 10i128.pow(u32::from(precision.min(38)));
+    let too_big = || {
+        format!(
+            "{} does not fit Decimal({precision}, {scale})",
+            quote_short(text)
+        )
+    };
+    let mut v: i128 = 0;
+    for c in kept.bytes() {
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i128::from(c - b'0')))
+            .ok_or_else(too_big)?;
+    }
+    if shift > 0 && v != 0 {
+        for _ in 0..shift.min(80) {
+            v = v.checked_mul(10).ok_or_else(too_big)?;
+        }
+    }
+    if precision <= 38 && v >= limit {
+        return Err(too_big());
+    }
+    Ok(if neg { -v } else { v })
+}
+
+fn date(raw: &str) -> Result<i64, String> {
+    if is_number(raw) {
+        // A number is a day count, as ClickHouse reads it.
+        return raw
+            .parse::<i64>()
+            .map_err(|_| format!("expected a date, got {}", shown(raw)));
+    }
+    let text = string_only(raw, "a date")?;
+    let w = time::parse_iso(&text)
+        .ok_or_else(|| format!("cannot read {} as a date (YYYY-MM-DD)", quote_short(&text)))?;
+    Ok(time::days_from_civil(w.year, w.month, w.day))
+}
+
+fn timestamp(raw: &str, tz: &TimeZone) -> Result<time::Instant, String> {
+    if raw.starts_with('"') {
+        time::instant(&text_of(raw)?, true, tz)
+    } else if is_number(raw) {
+        time::instant(raw, false, tz)
+    } else {
+        Err(format!("expected a timestamp, got {}", shown(raw)))
+    }
+}
+
+fn uuid(text: &str) -> Option<u128> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(t);
+    let hex: String = if t.len() == 36 {
+        let b = t.as_bytes();
+        if [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return None;
+        }
+        t.chars().filter(|c| *c != '-').collect()
+    } else {
+        t.to_string()
+    };
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u128::from_str_radix(&hex, 16).ok()
+}
+
+/// The entries of a JSON object, in order, values as raw JSON text.
+pub fn object_entries(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                out.push((k, map.next_value::<&'de RawValue>()?));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let v = (&mut de).deserialize_map(Entries)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Raw JSON for an error message, cut at 40 bytes.
+pub fn shown(raw: &str) -> String {
+    let c = cut(raw);
+    if c.len() < raw.len() {
+        format!("{c}…")
+    } else {
+        raw.to_string()
+    }
+}
+
+/// A value for an error message: quoted, and cut at 40 bytes.
+pub fn quote_short(s: &str) -> String {
+    let c = cut(s);
+    if c.len() < s.len() {
+        format!("{c:?}…")
+    } else {
+        format!("{s:?}")
+    }
+}
+
+fn cut(s: &str) -> &str {
+    let mut end = s.len().min(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// ClickHouse's unsigned LEB128, used for string and array lengths.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
