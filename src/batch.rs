@@ -191,6 +191,7 @@ mod tests {
                 })
                 .collect(),
             data: Bytes::from(vec![0u8; rows]),
+            times: Vec::new(),
         }
     }
 

@@ -232,9 +232,9 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
                 source.encoder.encode_line(line, &meta, &mut Vec::new())
             };
             match result {
-                Ok(ignored) => {
+                Ok(done) => {
                     out.rows += 1;
-                    if ignored > 0 {
+                    if done.ignored > 0 {
                         for k in source.encoder.ignored_keys(line) {
                             let full = out.ignored.len() >= 50;
                             match out.ignored.iter_mut().find(|(n, _)| *n == k) {

@@ -51,6 +51,11 @@ impl Version {
             }
     }
 
+    /// `DateTime64` exists from 20.1 on.
+    pub fn has_datetime64(&self) -> bool {
+        self.major >= 20
+    }
+
     /// Before 19.x, `LowCardinality` needs an experimental switch.
     fn low_cardinality_is_experimental(&self) -> bool {
         self.major < 19
@@ -279,7 +284,7 @@ impl Server {
     }
 
     /// Runs a query and returns its TabSeparated output.
-    async fn text(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, Failure> {
+    pub async fn text(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, Failure> {
         let mut q = self.client().query(sql);
         for (k, v) in settings {
             q = q.with_setting(*k, *v);

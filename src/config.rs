@@ -26,6 +26,8 @@ pub struct Config {
     pub queue: Queue,
     pub tail: Tail,
     pub shutdown: Shutdown,
+    pub metrics: Metrics,
+    pub heartbeat: Heartbeat,
 }
 
 #[derive(Clone)]
@@ -155,6 +157,25 @@ pub struct Shutdown {
     pub timeout: Duration,
 }
 
+/// The HTTP endpoint for Prometheus and health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `/metrics`, `/health` and `/ready` listen; `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/ready` fails while the unread bytes of all files exceed this.
+    pub ready_max_lag: u64,
+    /// The JSON key holding an event's own time, for the delay histogram.
+    pub event_time_key: Option<String>,
+}
+
+/// A row every `interval` into a table, so dashboards see chtail alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub table: String,
+}
+
 /// Every problem found in a config file, each with its key and line.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -228,6 +249,8 @@ const KNOWN: &[(&str, &[&str])] = &[
         &["poll_interval", "max_line_bytes", "read_buffer_bytes"],
     ),
     ("shutdown", &["timeout"]),
+    ("metrics", &["listen", "ready_max_lag", "event_time_key"]),
+    ("heartbeat", &["enabled", "interval", "table"]),
 ];
 
 const METADATA_KEYS: &[&str] = &["file", "offset", "host", "ingest_time"];
@@ -295,6 +318,22 @@ struct RawShutdown {
     timeout: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+    ready_max_lag: Option<Spanned<ByteSize>>,
+    event_time_key: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    enabled: Option<bool>,
+    interval: Option<Spanned<String>>,
+    table: Option<Spanned<String>>,
+}
+
 /// `url = "http://a:8123"` or `url = ["http://a:8123", "http://b:8123"]`.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -310,6 +349,9 @@ enum ByteSize {
     Bytes(i64),
     Text(String),
 }
+
+/// Loopback only: the endpoint is for a local Prometheus or probe.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9820";
 
 pub const DEFAULT_URL_HINT: &str = "http://127.0.0.1:8123";
 
@@ -359,7 +401,10 @@ impl Config {
         let shutdown: RawShutdown = v.section(&mut doc, "shutdown").unwrap_or_default();
         let sources = v.sources(&mut doc);
 
-        let config = v.validate(clickhouse, sources, state, batch, queue, tail, shutdown);
+        let metrics: RawMetrics = v.section(&mut doc, "metrics").unwrap_or_default();
+        let heartbeat: RawHeartbeat = v.section(&mut doc, "heartbeat").unwrap_or_default();
+        let mut config = v.validate(clickhouse, sources, state, batch, queue, tail, shutdown);
+        (config.metrics, config.heartbeat) = v.service(metrics, heartbeat);
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -868,7 +913,58 @@ impl Validator<'_> {
             queue,
             tail,
             shutdown,
+            metrics: Metrics {
+                listen: None,
+                ready_max_lag: 0,
+                event_time_key: None,
+            },
+            heartbeat: Heartbeat {
+                enabled: false,
+                interval: Duration::ZERO,
+                table: String::new(),
+            },
         }
+    }
+
+    /// `[metrics]` and `[heartbeat]`.
+    fn service(&mut self, m: RawMetrics, h: RawHeartbeat) -> (Metrics, Heartbeat) {
+        let listen = match m.listen {
+            None => Some(DEFAULT_METRICS_LISTEN.parse().expect("a valid address")),
+            Some(l) if l.get_ref().is_empty() => None,
+            Some(l) => match l.get_ref().parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.problem(
+                        "metrics.listen",
+                        Some(l.span()),
+                        format!(
+                            "`{}` is not an address and port such as \"127.0.0.1:9820\" (\"\" turns the endpoint off)",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let metrics = Metrics {
+            listen,
+            ready_max_lag: self.bytes("metrics.ready_max_lag", m.ready_max_lag, 64 << 20) as u64,
+            event_time_key: match m.event_time_key {
+                None => Some("ts".into()),
+                Some(k) if k.is_empty() => None,
+                Some(k) => Some(k),
+            },
+        };
+        let interval = self.duration("heartbeat.interval", h.interval, Duration::from_secs(30));
+        if interval.is_zero() {
+            self.problem("heartbeat.interval", None, "must be longer than 0s".into());
+        }
+        let heartbeat = Heartbeat {
+            enabled: h.enabled.unwrap_or(false),
+            interval,
+            table: self.identifier("heartbeat.table", h.table, "chtail_heartbeat"),
+        };
+        (metrics, heartbeat)
     }
 
     fn identifier(&mut self, key: &str, v: Option<Spanned<String>>, default: &str) -> String {

@@ -12,7 +12,8 @@
 //! signal exits at once: the checkpoint on disk is always consistent.
 
 use std::fs::File;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +26,10 @@ use crate::batch;
 use crate::checkpoint::{Checkpoints, Loaded, Manifest, StateError};
 use crate::clickhouse::{Backoff, Class, Delivery, Server};
 use crate::config::Config;
+use crate::heartbeat;
 use crate::insert::{Inserter, Outcome};
+use crate::metrics::{self, Endpoint};
+use crate::notify::Notifier;
 use crate::plan::{self, Plan};
 use crate::quarantine::Quarantine;
 use crate::queue::Queue;
@@ -37,10 +41,20 @@ pub const EXIT_BAD_STATE: u8 = 65;
 /// Exit status after a second signal.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Signals that stop the daemon: SIGTERM and SIGINT.
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop(&'static str),
+    /// SIGHUP: read the config again.
+    Reload,
+}
+
+/// The signals the daemon acts on.
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -48,27 +62,125 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    async fn recv(&mut self) -> Sig {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Sig::Stop("SIGTERM"),
+            _ = self.int.recv() => Sig::Stop("SIGINT"),
+            _ = self.hup.recv() => Sig::Reload,
+        }
+    }
+
+    /// The next stop signal; a SIGHUP in between is logged and ignored.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            match self.recv().await {
+                Sig::Stop(name) => return name,
+                Sig::Reload => tracing::info!("SIGHUP ignored: chtail is stopping or reloading"),
+            }
         }
     }
 }
 
+/// How one run of the pipeline ended.
+enum End {
+    Exit(u8),
+    Reload(Box<Config>),
+}
+
+/// What lives across reloads.
+struct Service {
+    config_path: PathBuf,
+    signals: Signals,
+    notifier: Notifier,
+    stats: Arc<Stats>,
+    endpoint: Arc<Endpoint>,
+    /// The metrics listener, and the address it listens on.
+    listener: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+}
+
 /// Runs the daemon until it is stopped. Returns the process exit status.
-pub async fn run(config: Config) -> anyhow::Result<u8> {
-    let mut signals = Signals::new()?;
+/// SIGHUP reads `config_path` again: a valid new config replaces the
+/// running pipeline (drained first, so nothing is lost or sent twice); an
+/// invalid one is logged and the old config keeps running.
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
+    let stats = Arc::new(Stats::default());
+    let mut service = Service {
+        config_path,
+        signals: Signals::new()?,
+        notifier: Notifier::from_env(),
+        endpoint: Endpoint::new(stats.clone()),
+        stats,
+        listener: None,
+    };
+    let mut config = config;
+    loop {
+        // Shipping matters more than the endpoint: a port in use (a second
+        // chtail on the host, say) is logged loudly, not fatal.
+        if let Err(e) = service.listen(config.metrics.listen).await {
+            tracing::error!("{e:#}; /metrics, /health and /ready are off until a reload fixes it");
+        }
+        match pipeline(&config, &mut service).await? {
+            End::Exit(code) => return Ok(code),
+            End::Reload(new) => {
+                tracing::info!("configuration reloaded");
+                config = *new;
+            }
+        }
+    }
+}
+
+impl Service {
+    /// (Re)starts the metrics listener if its address changed.
+    async fn listen(&mut self, addr: Option<SocketAddr>) -> anyhow::Result<()> {
+        if self.listener.as_ref().map(|(a, _)| *a) == addr {
+            return Ok(());
+        }
+        if let Some((_, task)) = self.listener.take() {
+            task.abort();
+        }
+        let Some(addr) = addr else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics, /health and /ready");
+        let task = tokio::spawn(metrics::serve(listener, self.endpoint.clone()));
+        self.listener = Some((addr, task));
+        Ok(())
+    }
+
+    /// Reads the config file again; `None` (logged) if it is not valid.
+    fn reread_config(&self) -> Option<Config> {
+        match Config::load(&self.config_path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(
+                    path = %self.config_path.display(),
+                    "SIGHUP: the new configuration is not valid; the running one stays:\n{e}"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// One run of the pipeline with one config: until a stop signal (then it
+/// drains and says Exit) or a valid reload (then it drains and says
+/// Reload).
+async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
+    let stats = svc.stats.clone();
     let state_dir = config.state.dir.clone();
     let _lock = lock_state_dir(&state_dir)?;
     let (checkpoints, loaded) = match Checkpoints::load(&state_dir) {
         Ok(c) => c,
         Err(e @ StateError::Corrupt { .. }) => {
             tracing::error!("{e}");
-            return Ok(EXIT_BAD_STATE);
+            return Ok(End::Exit(EXIT_BAD_STATE));
         }
         Err(e) => return Err(e.into()),
     };
@@ -85,13 +197,24 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     }
 
     let server = Server::new(&config.clickhouse).map_err(anyhow::Error::msg)?;
-    let plan = tokio::select! {
-        r = connect(&server, &config) => r,
-        sig = signals.recv() => {
-            tracing::info!(signal = sig, "stopped before ClickHouse was reached; nothing was read");
-            return Ok(0);
+    svc.notifier.status("connecting to ClickHouse");
+    let plan = loop {
+        tokio::select! {
+            r = connect(&server, config) => break r,
+            sig = svc.signals.recv() => match sig {
+                Sig::Stop(name) => {
+                    tracing::info!(signal = name, "stopped before ClickHouse was reached; nothing was read");
+                    return Ok(End::Exit(0));
+                }
+                Sig::Reload => {
+                    if let Some(new) = svc.reread_config() {
+                        return Ok(End::Reload(Box::new(new)));
+                    }
+                }
+            },
         }
     };
+    stats.clickhouse_ok.store(true, Ordering::Relaxed);
     let version = plan.version;
     for t in &plan.tables {
         let table = format!("{}.{}", config.clickhouse.database, t.name);
@@ -105,7 +228,6 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
             }
         }
     }
-    let stats = Arc::new(Stats::default());
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let quarantine = Arc::new(Mutex::new(Quarantine::new(&state_dir, stats.clone())));
     let queue = Arc::new(Queue::new(
@@ -114,9 +236,8 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         stats.clone(),
     ));
     let (give_up_tx, give_up) = watch::channel(false);
-
-    let inserter = Inserter {
-        server,
+    let mut inserter = Inserter {
+        server: server.clone(),
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
         checkpoints: checkpoints.clone(),
@@ -127,21 +248,22 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         retry: (config.clickhouse.retry_initial, config.clickhouse.retry_max),
         calm_inserts: 0,
     };
-    let mut inserter = inserter;
     // A batch a crash interrupted goes out again first, byte for byte.
     if let Some(manifest) = Manifest::load(&state_dir) {
-        let batch = replay_batch(&manifest, &checkpoints, &config, &plan.sources, &stats);
+        let batch = replay_batch(&manifest, &checkpoints, config, &plan.sources, &stats);
         if let Some(batch) = batch {
             tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
+            svc.notifier
+                .status("re-sending the batch interrupted by the last stop");
             let replayed = tokio::select! {
                 ok = inserter.replay(&batch, &manifest.token) => ok,
-                sig = signals.recv() => {
+                sig = svc.signals.stop() => {
                     tracing::info!(signal = sig, "stopped while re-sending the interrupted batch; it is sent again on the next start");
-                    return Ok(0);
+                    return Ok(End::Exit(0));
                 }
             };
             if !replayed {
-                return Ok(0);
+                return Ok(End::Exit(0));
             }
         }
     }
@@ -159,49 +281,79 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         config.batch.max_rows,
         tail::Shared {
             queue,
-            checkpoints,
+            checkpoints: checkpoints.clone(),
             quarantine,
             stats: stats.clone(),
         },
     );
     let control = tailer.control();
+    Stats::beat(&stats.tail_beat_ms);
     let tail_thread = std::thread::Builder::new()
         .name("chtail-tail".into())
         .spawn(move || tailer.run())
         .context("starting the tailer thread")?;
-    let progress_task = tokio::spawn(log_progress(stats.clone()));
+    let mut helpers = vec![tokio::spawn(log_progress(stats.clone()))];
+    if config.heartbeat.enabled {
+        helpers.push(tokio::spawn(heartbeat::run(
+            server.clone(),
+            version,
+            config.heartbeat.clone(),
+            config.clickhouse.create_table,
+            svc.endpoint.clone(),
+        )));
+    }
+    svc.endpoint
+        .attach(Some(checkpoints.clone()), config.metrics.ready_max_lag);
+    svc.notifier.ready("shipping");
+    let watchdog = tokio::spawn(watch_health(
+        server.clone(),
+        svc.notifier.watchdog_interval(),
+        svc.notifier.enabled(),
+        svc.endpoint.clone(),
+        Grace::of(config),
+    ));
+    helpers.push(watchdog);
 
     // Running. Only a signal (or a stage dying) ends this.
-    let sig = tokio::select! {
-        sig = signals.recv() => sig,
-        r = &mut insert_task => {
-            bail!("the insert stage ended unexpectedly: {r:?}");
+    let end = loop {
+        let sig = tokio::select! {
+            sig = svc.signals.recv() => sig,
+            r = &mut insert_task => {
+                bail!("the insert stage ended unexpectedly: {r:?}");
+            }
+        };
+        match sig {
+            Sig::Stop(name) => {
+                tracing::info!(signal = name, timeout = ?config.shutdown.timeout, "stopping: reading stopped, inserting what was read");
+                svc.notifier.stopping("draining: inserting what was read");
+                break End::Exit(0);
+            }
+            Sig::Reload => {
+                tracing::info!(path = %svc.config_path.display(), "SIGHUP: reading the configuration again");
+                if let Some(new) = svc.reread_config() {
+                    tracing::info!(
+                        "new configuration is valid; draining the running pipeline, then starting with it"
+                    );
+                    svc.notifier
+                        .reloading("reloading: draining, then starting with the new configuration");
+                    break End::Reload(Box::new(new));
+                }
+            }
         }
     };
-    tracing::info!(signal = sig, timeout = ?config.shutdown.timeout, "stopping: reading stopped, inserting what was read");
+    for h in &helpers {
+        h.abort();
+    }
     control.stop();
-    let deadline = tokio::time::sleep(config.shutdown.timeout);
-    tokio::pin!(deadline);
-    let mut deadline_passed = false;
-    let outcome = loop {
-        tokio::select! {
-            r = &mut insert_task => break r.context("insert stage")?,
-            _ = &mut deadline, if !deadline_passed => {
-                deadline_passed = true;
-                tracing::warn!("shutdown timeout reached; finishing the insert in flight and starting no other");
-                let _ = give_up_tx.send(true);
-            }
-            sig = signals.recv() => {
-                tracing::warn!(signal = sig, "second signal: exiting now; the checkpoint on disk is consistent and unsent rows are read again on the next start");
-                return Ok(EXIT_INTERRUPTED);
-            }
-        }
+    let outcome = match drain(config, svc, &mut insert_task, &give_up_tx).await? {
+        Some(outcome) => outcome,
+        None => return Ok(End::Exit(EXIT_INTERRUPTED)),
     };
     let _ = batch_task.await;
-    progress_task.abort();
     if tail_thread.join().is_err() {
         tracing::error!("the tailer thread panicked");
     }
+    svc.endpoint.attach(None, config.metrics.ready_max_lag);
     match outcome {
         Outcome::Drained => tracing::info!(
             rows = Stats::get(&stats.rows_inserted),
@@ -213,7 +365,139 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
             "stopped with rows not yet inserted; they stay in the log files and are sent on the next start"
         ),
     }
-    Ok(0)
+    Ok(end)
+}
+
+/// Waits for the insert stage to finish what was read. After
+/// `shutdown.timeout` it starts no new insert; the one in flight is never
+/// cut off, and systemd is asked to wait for it. `None` after a second stop
+/// signal: exit now (the checkpoint on disk is consistent).
+async fn drain(
+    config: &Config,
+    svc: &mut Service,
+    insert_task: &mut tokio::task::JoinHandle<Outcome>,
+    give_up_tx: &watch::Sender<bool>,
+) -> anyhow::Result<Option<Outcome>> {
+    let deadline = tokio::time::Instant::now() + config.shutdown.timeout;
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep);
+    let mut deadline_passed = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            r = &mut *insert_task => return Ok(Some(r.context("insert stage")?)),
+            _ = &mut sleep, if !deadline_passed => {
+                deadline_passed = true;
+                tracing::warn!("shutdown timeout reached; finishing the insert in flight and starting no other");
+                let _ = give_up_tx.send(true);
+            }
+            _ = tick.tick() => {
+                // Still draining: keep systemd's watchdog and stop timeout
+                // from cutting an insert off half-way.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                svc.notifier.watchdog();
+                svc.notifier.extend_timeout(left + config.clickhouse.request_timeout + Duration::from_secs(10));
+            }
+            sig = svc.signals.stop() => {
+                tracing::warn!(signal = sig, "second signal: exiting now; the checkpoint on disk is consistent and unsent rows are read again on the next start");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// How often an idle chtail checks that ClickHouse answers.
+const PROBE_EVERY: Duration = Duration::from_secs(15);
+
+/// How long each stage may show no sign of life before it counts as stuck.
+#[derive(Clone, Copy)]
+struct Grace {
+    tail: Duration,
+    insert: Duration,
+}
+
+impl Grace {
+    fn of(config: &Config) -> Grace {
+        Grace {
+            tail: (config.tail.poll_interval * 10).max(Duration::from_secs(20)),
+            insert: config.clickhouse.request_timeout * 2 + Duration::from_secs(30),
+        }
+    }
+}
+
+/// The watchdog and the status line. systemd is pinged only while every
+/// stage shows life: the tailer went round its loop (or is waiting on a
+/// full queue, which is backpressure working) and no insert has hung past
+/// its timeouts. Waiting out a ClickHouse outage is healthy; a stage that
+/// stopped moving is not, and then systemd restarts chtail.
+async fn watch_health(
+    server: Server,
+    watchdog: Option<Duration>,
+    notify: bool,
+    endpoint: Arc<Endpoint>,
+    grace: Grace,
+) {
+    let notifier = Notifier::from_env();
+    let period = watchdog
+        .map(|w| (w / 2).min(Duration::from_secs(5)))
+        .unwrap_or(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    let stats = endpoint.stats.clone();
+    let mut last = (Stats::get(&stats.rows_inserted), std::time::Instant::now());
+    let mut last_warned: Option<std::time::Instant> = None;
+    let mut last_probe = std::time::Instant::now();
+    loop {
+        tick.tick().await;
+        // With no inserts to tell, ask ClickHouse now and then whether it
+        // answers, so /ready and the status line stay true when idle.
+        let quiet = crate::stats::now_ms().saturating_sub(Stats::get(&stats.last_insert_ms))
+            > PROBE_EVERY.as_millis() as u64
+            && Stats::get(&stats.insert_started_ms) == 0;
+        if quiet && last_probe.elapsed() >= PROBE_EVERY {
+            last_probe = std::time::Instant::now();
+            let ok = server.version().await.is_ok();
+            stats.clickhouse_ok.store(ok, Ordering::Relaxed);
+        }
+        let stuck = metrics::stuck_stage(&stats, grace.tail, grace.insert);
+        *endpoint.stuck.lock().unwrap_or_else(|e| e.into_inner()) = stuck.clone();
+        match &stuck {
+            None => {
+                if watchdog.is_some() {
+                    notifier.watchdog();
+                }
+            }
+            Some(why) => {
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::error!("a stage looks stuck ({why}); the watchdog is not pinged");
+                    last_warned = Some(std::time::Instant::now());
+                }
+            }
+        }
+        if notify {
+            let rows = Stats::get(&stats.rows_inserted);
+            let secs = last.1.elapsed().as_secs_f64().max(0.001);
+            let rate = (rows.saturating_sub(last.0)) as f64 / secs;
+            last = (rows, std::time::Instant::now());
+            let since = match Stats::get(&stats.last_insert_ms) {
+                0 => "no insert yet".to_string(),
+                ms => format!(
+                    "last insert {}s ago",
+                    crate::stats::now_ms().saturating_sub(ms) / 1000
+                ),
+            };
+            let ch = if stats.clickhouse_ok.load(Ordering::Relaxed) {
+                "ClickHouse up"
+            } else {
+                "ClickHouse DOWN, retrying"
+            };
+            notifier.status(&format!(
+                "{rate:.0} rows/s, lag {} bytes, queue {} rows, {since}, {ch}{}",
+                endpoint.total_lag(),
+                Stats::get(&stats.queue_rows),
+                stuck.map(|w| format!(", STUCK: {w}")).unwrap_or_default()
+            ));
+        }
+    }
 }
 
 /// Rebuilds the batch of `manifest` that is not committed yet from the log

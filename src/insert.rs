@@ -211,9 +211,20 @@ impl Inserter {
                 return Err(SendError::GaveUp);
             }
             let sql = &self.sqls[usize::from(route)];
+            if backoff.attempts() > 0 {
+                self.stats.insert_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Stats::beat(&self.stats.insert_started_ms);
             let result = self.server.insert(sql, parts.clone(), token).await;
+            self.stats.insert_started_ms.store(0, Ordering::Relaxed);
+            let reachable = match &result {
+                Ok(()) => true,
+                Err(f) => f.class == Class::BadData,
+            };
+            self.stats.clickhouse_ok.store(reachable, Ordering::Relaxed);
             let failure = match result {
                 Ok(()) => {
+                    Stats::beat(&self.stats.last_insert_ms);
                     self.relax_parts_pressure();
                     if backoff.attempts() > 0 {
                         tracing::info!(
@@ -230,6 +241,12 @@ impl Inserter {
                 Err(f) => f,
             };
             self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+            let class = match failure.class {
+                Class::Transient => 0,
+                Class::BadData => 1,
+                Class::Operator => 2,
+            };
+            self.stats.failures_by_class[class].fetch_add(1, Ordering::Relaxed);
             if failure.class == Class::BadData {
                 return Err(SendError::Bad(failure));
             }
@@ -289,6 +306,13 @@ impl Inserter {
 
     /// Advances and persists the offsets the batch covered.
     async fn commit(&mut self, batch: &Batch) {
+        // The delay from each event's own time to its acknowledgement.
+        let now = crate::stats::now_ms() as i64;
+        for c in &batch.chunks {
+            for t in &c.times {
+                self.stats.delay.observe_ms(now - t);
+            }
+        }
         let snapshot = {
             let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
             for r in batch.ranges() {

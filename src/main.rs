@@ -59,7 +59,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, log_format } => {
             init_logging(log_format);
-            let Some(config) = load(&config) else {
+            let path = config;
+            let Some(config) = load(&path) else {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(chtail::daemon::run(config)) {
+            match rt.block_on(chtail::daemon::run(path, config)) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -117,6 +118,11 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(rows) => {
+                    if chtail::status::daemon_running(&config) {
+                        println!("chtail is running with this state directory");
+                    } else {
+                        println!("chtail is not running; offsets as last committed");
+                    }
                     chtail::status::print_table(&rows);
                     ExitCode::SUCCESS
                 }

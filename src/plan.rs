@@ -119,7 +119,7 @@ pub async fn prepare(
         match Encoder::new(tables[route].schema.clone(), &s.mapping) {
             Ok(encoder) => sources.push(SourceRoute {
                 patterns: s.paths.clone(),
-                encoder: Arc::new(encoder),
+                encoder: Arc::new(encoder.with_time_key(config.metrics.event_time_key.clone())),
                 route: route as u16,
             }),
             Err(errs) => problems.extend(

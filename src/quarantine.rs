@@ -63,6 +63,7 @@ impl Quarantine {
     /// (`truncated`), as for over-long lines.
     pub fn put(&mut self, file: &Path, offset: u64, reason: &Reject, line: &[u8], truncated: bool) {
         self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_reject(reason.kind());
         let shown = file.to_string_lossy();
         let (text, b64) = match std::str::from_utf8(line) {
             Ok(s) => (Some(s), None),

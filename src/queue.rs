@@ -41,6 +41,9 @@ pub struct Chunk {
     pub end: u64,
     pub rows: Vec<RowMark>,
     pub data: Bytes,
+    /// The events' own times (Unix ms), for the delay metric; rows without
+    /// a readable time have none.
+    pub times: Vec<i64>,
 }
 
 impl Chunk {
@@ -116,6 +119,8 @@ impl Queue {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Cancelled);
             }
+            // Waiting on a full queue is the tailer working as designed.
+            Stats::beat(&self.stats.tail_beat_ms);
             inner = self
                 .space
                 .wait_timeout(inner, Duration::from_millis(100))
@@ -193,6 +198,7 @@ mod tests {
                 })
                 .collect(),
             data: Bytes::from(vec![0u8; rows * 10]),
+            times: Vec::new(),
         }
     }
 

@@ -1,9 +1,25 @@
-//! Counters shared by the stages, read by logs and `chtail status`.
+//! Counters shared by the stages, read by logs, `/metrics`, the systemd
+//! status line and the watchdog.
 //!
 //! Plain atomics: every stage bumps its own counters; nothing here carries a
-//! per-event value, so nothing can grow with the data.
+//! per-event value, so nothing can grow with the data. Labels are fixed
+//! sets (reject kinds, failure classes), never a value from an event.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The reasons a line is quarantined, as `Reject::kind` names them.
+pub const REJECT_KINDS: [&str; 6] = [
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "wrong_type",
+    "too_long",
+    "rejected_by_server",
+];
+
+/// Insert failure classes, as `clickhouse::Class` names them.
+pub const FAILURE_CLASSES: [&str; 3] = ["transient", "bad_data", "operator"];
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -13,18 +29,123 @@ pub struct Stats {
     /// JSON keys no column took (and no catch-all column kept).
     pub keys_ignored: AtomicU64,
     pub quarantined: AtomicU64,
+    /// Quarantined lines by [`REJECT_KINDS`].
+    pub rejected: [AtomicU64; 6],
     pub batches_inserted: AtomicU64,
     pub rows_inserted: AtomicU64,
     pub insert_failures: AtomicU64,
+    /// Failed insert attempts by [`FAILURE_CLASSES`].
+    pub failures_by_class: [AtomicU64; 3],
+    /// Attempts after the first, for any insert.
+    pub insert_retries: AtomicU64,
     pub queue_rows: AtomicU64,
     pub queue_bytes: AtomicU64,
     /// 0 normally; raised by TOO_MANY_PARTS, which makes the batcher wait
     /// up to 2^n times `batch.max_wait`, so batches grow and inserts thin out.
     pub parts_pressure: AtomicU64,
+    /// Unix milliseconds of the last successful insert (0: none yet).
+    pub last_insert_ms: AtomicU64,
+    /// Unix milliseconds an insert in flight started (0: none in flight).
+    pub insert_started_ms: AtomicU64,
+    /// Whether the last exchange with ClickHouse succeeded.
+    pub clickhouse_ok: AtomicBool,
+    /// Unix milliseconds the tailer last went round its loop (or waited on
+    /// a full queue): the watchdog's proof that it is not stuck.
+    pub tail_beat_ms: AtomicU64,
+    /// From an event's own time (`ts`) to ClickHouse acknowledging it.
+    pub delay: Histogram,
 }
 
 impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub fn count_reject(&self, kind: &str) {
+        if let Some(i) = REJECT_KINDS.iter().position(|k| *k == kind) {
+            self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn beat(counter: &AtomicU64) {
+        counter.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Upper bounds of the delay histogram's buckets, in seconds.
+pub const DELAY_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// A Prometheus histogram of fixed buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; 15],
+    count: AtomicU64,
+    /// Sum in milliseconds.
+    sum_ms: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation of `ms` milliseconds (negative: clock skew,
+    /// counted as 0).
+    pub fn observe_ms(&self, ms: i64) {
+        let ms = ms.max(0) as u64;
+        let secs = ms as f64 / 1000.0;
+        let i = DELAY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DELAY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket (the last is +Inf), the count, and the
+    /// sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let mut acc = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        for ms in [50, 100, 900, 4000, 10_000_000, -5] {
+            h.observe_ms(ms);
+        }
+        let (b, count, sum) = h.snapshot();
+        assert_eq!(count, 6);
+        assert_eq!(b[0], 3); // 50, 100, and -5 as 0
+        assert_eq!(b[3], 4); // <= 1 s
+        assert_eq!(b[5], 5); // <= 5 s
+        assert_eq!(b[14], 6); // +Inf
+        assert!((sum - 10_005.05).abs() < 1e-6, "{sum}");
     }
 }

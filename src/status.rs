@@ -24,6 +24,17 @@ pub fn collect(config: &Config) -> Result<Vec<FileStatus>, String> {
     Ok(files.iter().map(status_of).collect())
 }
 
+/// The status of every file the checkpoints know.
+pub fn of(checkpoints: &Checkpoints) -> Vec<FileStatus> {
+    checkpoints.files().map(status_of).collect()
+}
+
+/// Whether a chtail holds the state directory's lock right now.
+pub fn daemon_running(config: &Config) -> bool {
+    std::fs::File::open(config.state.dir.join("lock"))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 fn status_of(f: &FileState) -> FileStatus {
     let size = f.current_size();
     FileStatus {

@@ -37,6 +37,7 @@ chtail=$root/target/release/chtail
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+metrics_port=$(free_port)
 if [ -n "${CHTAIL_DEMO_URL:-}" ]; then
   url=$CHTAIL_DEMO_URL
 else
@@ -85,6 +86,9 @@ dir = "$work/state"
 
 [batch]
 max_wait = "500ms"
+
+[metrics]
+listen = "127.0.0.1:$metrics_port"
 TOML
 
 echo "== chtail check"
@@ -119,6 +123,12 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 echo "rows in ClickHouse: $(q 'SELECT count() FROM chtail_demo.argus_events') (the bot wrote 20000 across $(ls "$work/logs" | wc -l) rotated files)"
+
+echo
+echo "== health, readiness and a few metrics (http://127.0.0.1:$metrics_port)"
+curl -s "http://127.0.0.1:$metrics_port/health"
+curl -s "http://127.0.0.1:$metrics_port/ready"
+curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -E '^chtail_(rows_inserted_total|quarantined_total|lag_bytes|event_delay_seconds_count) '
 
 echo
 echo "== interaction volume per day, guild 111, last 7 days"

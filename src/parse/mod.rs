@@ -224,6 +224,17 @@ pub struct Encoder {
     /// JSON key → column index.
     index: HashMap<String, usize>,
     catch_all: Option<usize>,
+    /// The key holding the event's own time, for the delay metric.
+    time_key: Option<String>,
+}
+
+/// What became of a line that became a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    /// Keys no column took.
+    pub ignored: u32,
+    /// The event's own time (Unix milliseconds), if it had a readable one.
+    pub time_ms: Option<i64>,
 }
 
 /// A line in a mapping listing (`chtail check`).
@@ -296,12 +307,19 @@ impl Encoder {
             roles,
             index,
             catch_all,
+            time_key: Some("ts".into()),
         })
     }
 
     /// An encoder of the table's columns by name, with nothing else.
     pub fn plain(schema: Arc<Schema>) -> Encoder {
         Encoder::new(schema, &config::Mapping::default()).expect("an empty mapping always binds")
+    }
+
+    /// Which key holds the event's time (`None`: none).
+    pub fn with_time_key(mut self, key: Option<String>) -> Encoder {
+        self.time_key = key;
+        self
     }
 
     pub fn schema(&self) -> &Arc<Schema> {
@@ -365,7 +383,7 @@ impl Encoder {
         line: &[u8],
         meta: &LineMeta<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<u32, Reject> {
+    ) -> Result<Encoded, Reject> {
         let mut slots: Vec<Option<&RawValue>> = vec![None; self.schema.columns.len()];
         let mut extras = Vec::new();
         // Checked up front so that invalid UTF-8 anywhere, even in a key
@@ -373,11 +391,13 @@ impl Encoder {
         let text = std::str::from_utf8(line).map_err(|_| Reject::InvalidUtf8)?;
         let mut de = serde_json::Deserializer::from_str(text);
         let mut ignored = 0;
+        let mut time = None;
         FieldsSeed {
             encoder: self,
             slots: &mut slots,
             extras: self.catch_all.is_some().then_some(&mut extras),
             ignored: &mut ignored,
+            time: &mut time,
         }
         .deserialize(&mut de)
         .map_err(classify_json_error)?;
@@ -436,7 +456,16 @@ impl Encoder {
                 });
             }
         }
-        Ok(ignored)
+        let time_ms = time.and_then(|raw: &RawValue| {
+            let raw = raw.get();
+            let (text, quoted) = match raw.strip_prefix('"') {
+                Some(_) => (serde_json::from_str::<Cow<str>>(raw).ok()?, true),
+                None => (Cow::Borrowed(raw), false),
+            };
+            let t = time::instant(&text, quoted, &TimeZone::UTC).ok()?;
+            Some(t.secs.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+        });
+        Ok(Encoded { ignored, time_ms })
     }
 
     /// The keys of a line that no column takes (for `chtail check`).
@@ -570,6 +599,8 @@ struct FieldsSeed<'e, 'v, 'a> {
     /// Keys no column takes, when a catch-all column keeps them.
     extras: Option<&'v mut Vec<(Cow<'a, str>, &'a RawValue)>>,
     ignored: &'v mut u32,
+    /// The value of the encoder's time key.
+    time: &'v mut Option<&'a RawValue>,
 }
 
 impl<'de> DeserializeSeed<'de> for FieldsSeed<'_, '_, 'de> {
@@ -589,6 +620,14 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, '_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.encoder.time_key.as_deref() == Some(key.as_ref()) {
+                let raw = map.next_value::<&'de RawValue>()?;
+                *self.time = Some(raw);
+                if let Some(&i) = self.encoder.index.get(key.as_ref()) {
+                    self.slots[i] = Some(raw);
+                }
+                continue;
+            }
             match self.encoder.index.get(key.as_ref()) {
                 Some(&i) => self.slots[i] = Some(map.next_value::<&'de RawValue>()?),
                 None => match self.extras.as_deref_mut() {
@@ -678,10 +717,11 @@ mod tests {
     fn the_design_example_encodes_in_column_order() {
         let line = r#"{"ts": "2026-11-22T10:00:00.123456+00:00", "event": "app_command", "guild_id": "123", "type": "application_command", "command": "ping", "duration_ms": 12.5, "extra": {"x": [1, 2]}}"#;
         let mut out = Vec::new();
-        let ignored = default_enc()
+        let done = default_enc()
             .encode_line(line.as_bytes(), &LineMeta::NONE, &mut out)
             .unwrap();
-        assert_eq!(ignored, 1, "the `extra` key is counted");
+        assert_eq!(done.ignored, 1, "the `extra` key is counted");
+        assert_eq!(done.time_ms, Some(1_795_341_600_123), "the event's time");
         let mut want = Vec::new();
         string(&mut want, "2026-11-22T10:00:00.123456+00:00");
         string(&mut want, "app_command");
@@ -925,14 +965,14 @@ mod tests {
             ingest_time: r#""2026-11-22T10:00:00.250Z""#,
         };
         let mut out = Vec::new();
-        let ignored = e
+        let done = e
             .encode_line(
                 br#"{"guildId":"g1","x":[1, 2],"y":{"z":"w"}}"#,
                 &meta,
                 &mut out,
             )
             .unwrap();
-        assert_eq!(ignored, 0);
+        assert_eq!(done.ignored, 0);
         let mut want = Vec::new();
         string(&mut want, "g1");
         string(&mut want, r#"{"x":[1, 2],"y":{"z":"w"}}"#);

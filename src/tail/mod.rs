@@ -249,6 +249,7 @@ impl Tailer {
     pub fn run(mut self) {
         self.discover(true);
         'outer: while !self.control.cancel.load(Ordering::SeqCst) {
+            Stats::beat(&self.stats.tail_beat_ms);
             let names = self.control.names_changed.swap(false, Ordering::Relaxed);
             if names
                 || self
@@ -691,6 +692,7 @@ struct ChunkBuilder {
     end: u64,
     rows: Vec<RowMark>,
     data: Vec<u8>,
+    times: Vec<i64>,
 }
 
 impl ChunkBuilder {
@@ -700,6 +702,7 @@ impl ChunkBuilder {
             end: at,
             rows: Vec::new(),
             data: Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 2)),
+            times: Vec::new(),
         }
     }
 
@@ -723,6 +726,7 @@ impl ChunkBuilder {
             start: done.start,
             end: done.end,
             rows: done.rows,
+            times: done.times,
             data: Bytes::from(done.data),
         })
     }
@@ -823,12 +827,13 @@ impl<'a> Encoder<'a> {
                     ingest_time: &self.now,
                 };
                 match self.enc.encode_line(line, &meta, &mut b.data) {
-                    Ok(ignored) => {
-                        if ignored > 0 {
+                    Ok(done) => {
+                        if done.ignored > 0 {
                             self.stats
                                 .keys_ignored
-                                .fetch_add(u64::from(ignored), Ordering::Relaxed);
+                                .fetch_add(u64::from(done.ignored), Ordering::Relaxed);
                         }
+                        b.times.extend(done.time_ms);
                         b.rows.push(RowMark {
                             offset: start,
                             end: b.data.len() as u32,
@@ -907,6 +912,7 @@ pub fn reread(
             end,
             rows: Vec::new(),
             data: Bytes::new(),
+            times: Vec::new(),
         }))
 }
 
@@ -958,6 +964,7 @@ fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
         end,
         rows: Vec::new(),
         data: Bytes::new(),
+        times: Vec::new(),
     };
     sink.queue.push(chunk, sink.cancel)
 }

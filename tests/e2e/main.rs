@@ -12,3 +12,4 @@ mod model;
 mod modern;
 mod rotation;
 mod schema;
+mod service;

@@ -28,7 +28,7 @@ pub struct ClickHouse {
     pub tls_port: Option<u16>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -339,12 +339,19 @@ dir = "{state}"
 
 {tail}
 
+{metrics}
+
 {extra}
 "#,
             tail = if extra.contains("[tail]") {
                 ""
             } else {
                 "[tail]\npoll_interval = \"200ms\""
+            },
+            metrics = if extra.contains("[metrics]") {
+                String::new()
+            } else {
+                format!("[metrics]\nlisten = \"127.0.0.1:{}\"", free_port())
             },
             url = ch.url(),
             password = ch.password(),
@@ -442,6 +449,11 @@ pub struct Chtail {
 
 impl Chtail {
     pub fn start(config: &Path, log: &Path) -> Chtail {
+        Chtail::start_with_env(config, log, &[])
+    }
+
+    /// With extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Chtail {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -454,6 +466,7 @@ impl Chtail {
                 "CHTAIL_LOG",
                 std::env::var("CHTAIL_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(stderr)
             .spawn()
