@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every test.
-#   tests/run.sh            # unit, property and end-to-end tests
+#   tests/run.sh            # unit, property and end-to-end tests, then the
+#                           # Debian package install/upgrade/purge test
 # The end-to-end tests start their own ClickHouse servers on free loopback
 # ports; nothing may be listening on 8123 for them.
 set -euo pipefail
@@ -12,6 +13,9 @@ command -v logrotate >/dev/null 2>&1 || need_apt+=(logrotate)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -32,3 +36,7 @@ if ! python3 -c 'import chdb, lz4.block' >/dev/null 2>&1; then
 fi
 
 cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREADS:-4}"
+
+# The Debian package: built, installed, upgraded and purged with dpkg
+# (as root; skipped otherwise).
+tests/package.sh
