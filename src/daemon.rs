@@ -200,7 +200,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     svc.notifier.status("connecting to ClickHouse");
     let plan = loop {
         tokio::select! {
-            r = connect(&server, config) => break r,
+            r = connect(&server, config, &svc.notifier) => break r,
             sig = svc.signals.recv() => match sig {
                 Sig::Stop(name) => {
                     tracing::info!(signal = name, "stopped before ClickHouse was reached; nothing was read");
@@ -559,9 +559,25 @@ fn replay_batch(
 /// to them. Retries until it succeeds: a server that is down, a table that
 /// is missing or a column chtail cannot write are each logged, and fixed by
 /// the operator without a restart.
-async fn connect(server: &Server, config: &Config) -> Plan {
+///
+/// For systemd, waiting out an outage is the service doing its job: after
+/// the first failure chtail reports READY with a "waiting for ClickHouse"
+/// status (so a boot is not held up, and the start timeout does not turn an
+/// outage into a restart loop), and keeps the watchdog fed while it waits.
+async fn connect(server: &Server, config: &Config, notifier: &Notifier) -> Plan {
     let cfg = server.config();
     let mut backoff = Backoff::new(cfg.retry_initial, cfg.retry_max);
+    let keepalive = notifier.watchdog_interval().map(|w| {
+        tokio::spawn(async move {
+            let pinger = Notifier::from_env();
+            let mut tick = tokio::time::interval(w / 2);
+            loop {
+                tick.tick().await;
+                pinger.watchdog();
+            }
+        })
+    });
+    let _stop_keepalive = AbortOnDrop(keepalive);
     loop {
         let mut notes = Vec::new();
         match plan::prepare(server, config, &mut notes).await {
@@ -579,9 +595,23 @@ async fn connect(server: &Server, config: &Config) -> Plan {
                 } else {
                     tracing::warn!(url = %server.url(), retry_in = ?delay, "ClickHouse not reachable yet: {msg}");
                 }
+                notifier.ready(&format!(
+                    "waiting for ClickHouse (retry in {delay:?}): {msg}"
+                ));
                 server.fail_over();
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
         }
     }
 }

@@ -59,11 +59,11 @@ impl Notifier {
     }
 
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}"));
+        self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
     pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={status}"));
+        self.send(&format!("STATUS={}", one_line(status)));
     }
 
     pub fn watchdog(&self) {
@@ -71,17 +71,22 @@ impl Notifier {
     }
 
     pub fn stopping(&self, status: &str) {
-        self.send(&format!("STOPPING=1\nSTATUS={status}"));
+        self.send(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
     pub fn reloading(&self, status: &str) {
-        self.send(&format!("RELOADING=1\nSTATUS={status}"));
+        self.send(&format!("RELOADING=1\nSTATUS={}", one_line(status)));
     }
 
     /// Asks systemd to wait `more` beyond its stop (or start) timeout.
     pub fn extend_timeout(&self, more: Duration) {
         self.send(&format!("EXTEND_TIMEOUT_USEC={}", more.as_micros()));
     }
+}
+
+/// A status is one assignment: a newline would start another.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]

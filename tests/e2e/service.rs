@@ -9,7 +9,8 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Chtail, ClickHouse, Env, SHORT, append, append_raw, count, expect_rows, shared, wait_until,
+    self, Chtail, ClickHouse, Env, SHORT, append, append_raw, count, expect_rows, shared,
+    wait_until,
 };
 
 /// `GET path` on the metrics listener: (status code, body).
@@ -250,5 +251,48 @@ fn the_heartbeat_table_gets_a_row_per_interval() {
     ));
     let fields: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&fields[1..], ["1", "1", "1", "1"], "{row}");
+    assert!(chtail.terminate(SHORT).success());
+}
+
+#[test]
+fn waiting_for_clickhouse_at_boot_is_ready_and_fed_not_a_restart_loop() {
+    let ch = shared();
+    let env = Env::new(ch, "notify_wait", "events.jsonl", "");
+    // Nothing listens here: the outage chtail must wait out.
+    let port = support::free_port();
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&ch.url(), &format!("http://127.0.0.1:{port}"));
+    std::fs::write(&env.config, text).unwrap();
+    let socket_path = env.tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut chtail = Chtail::start_with_env(
+        &env.config,
+        &env.tmp.path().join("chtail.log"),
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("READY=1\nSTATUS=waiting for ClickHouse")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3,
+        "{got:#?}"
+    );
     assert!(chtail.terminate(SHORT).success());
 }
