@@ -308,11 +308,12 @@ impl Inserter {
     async fn commit(&mut self, batch: &Batch) {
         // The delay from each event's own time to its acknowledgement.
         let now = crate::stats::now_ms() as i64;
-        for c in &batch.chunks {
-            for t in &c.times {
-                self.stats.delay.observe_ms(now - t);
-            }
-        }
+        self.stats.delay.observe_all_ms(
+            batch
+                .chunks
+                .iter()
+                .flat_map(|c| c.times.iter().map(move |t| now - t)),
+        );
         let snapshot = {
             let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
             for r in batch.ranges() {

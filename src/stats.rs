@@ -85,6 +85,12 @@ pub const DELAY_BUCKETS: [f64; 14] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
 ];
 
+/// [`DELAY_BUCKETS`] in milliseconds.
+const BUCKET_MS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000,
+    21_600_000, 86_400_000,
+];
+
 /// A Prometheus histogram of fixed buckets, lock-free.
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -99,15 +105,33 @@ impl Histogram {
     /// Records one observation of `ms` milliseconds (negative: clock skew,
     /// counted as 0).
     pub fn observe_ms(&self, ms: i64) {
-        let ms = ms.max(0) as u64;
-        let secs = ms as f64 / 1000.0;
-        let i = DELAY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(DELAY_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+        self.observe_all_ms(std::iter::once(ms));
+    }
+
+    /// Records many observations with one update per bucket.
+    pub fn observe_all_ms(&self, values: impl IntoIterator<Item = i64>) {
+        let mut local = [0u64; 15];
+        let (mut count, mut sum) = (0u64, 0u64);
+        for ms in values {
+            let ms = ms.max(0) as u64;
+            let i = BUCKET_MS
+                .iter()
+                .position(|b| ms <= *b)
+                .unwrap_or(BUCKET_MS.len());
+            local[i] += 1;
+            count += 1;
+            sum += ms;
+        }
+        if count == 0 {
+            return;
+        }
+        for (b, n) in self.buckets.iter().zip(local) {
+            if n > 0 {
+                b.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(count, Ordering::Relaxed);
+        self.sum_ms.fetch_add(sum, Ordering::Relaxed);
     }
 
     /// Cumulative counts per bucket (the last is +Inf), the count, and the

@@ -459,6 +459,10 @@ impl Encoder {
         let time_ms = time.and_then(|raw: &RawValue| {
             let raw = raw.get();
             let (text, quoted) = match raw.strip_prefix('"') {
+                // A timestamp has no escapes: its text is between the quotes.
+                Some(inner) if !inner.contains('\\') => {
+                    (Cow::Borrowed(inner.strip_suffix('"')?), true)
+                }
                 Some(_) => (serde_json::from_str::<Cow<str>>(raw).ok()?, true),
                 None => (Cow::Borrowed(raw), false),
             };
