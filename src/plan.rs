@@ -56,7 +56,19 @@ pub async fn prepare(
 ) -> Result<Plan, Problems> {
     let ch = &config.clickhouse;
     let version = server.version().await?;
-    let tz = server.timezone().await?;
+    let tz = match server.timezone().await {
+        Ok(tz) => tz,
+        // A zone this machine does not know matters only for DateTime
+        // columns without a zone of their own: say so, and use UTC.
+        Err(f) if f.class == Class::Operator => {
+            notes.push(format!(
+                "{}; DateTime columns without a time zone read wall-clock times as UTC",
+                f.message
+            ));
+            jiff::tz::TimeZone::UTC
+        }
+        Err(f) => return Err(f.into()),
+    };
     let mut names: Vec<&str> = Vec::new();
     for s in &config.sources {
         if !names.contains(&s.table.as_str()) {

@@ -49,7 +49,9 @@ pub struct Chunk {
 impl Chunk {
     /// What the chunk costs the queue's byte bound.
     pub fn weight(&self) -> usize {
-        self.data.len() + self.rows.len() * std::mem::size_of::<RowMark>()
+        self.data.len()
+            + self.rows.len() * std::mem::size_of::<RowMark>()
+            + self.times.len() * std::mem::size_of::<i64>()
     }
 
     /// Encoded bytes of rows `from..to`.

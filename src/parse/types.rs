@@ -422,9 +422,16 @@ pub fn write_default(ty: &ColumnType, out: &mut Vec<u8>) {
 
 /// A string column's text: a JSON string unescaped, anything else as its
 /// JSON text (a bot that writes `"guild_id": 123` still fills the column).
-fn text_of(raw: &str) -> Result<Cow<'_, str>, String> {
-    if raw.starts_with('"') {
-        serde_json::from_str::<Cow<str>>(raw).map_err(|e| e.to_string())
+pub fn text_of(raw: &str) -> Result<Cow<'_, str>, String> {
+    if let Some(inner) = raw.strip_prefix('"') {
+        // Without escapes the text is what lies between the quotes (the
+        // line was validated as JSON already); with them, decode.
+        match inner.strip_suffix('"') {
+            Some(text) if !text.contains('\\') => Ok(Cow::Borrowed(text)),
+            _ => serde_json::from_str::<String>(raw)
+                .map(Cow::Owned)
+                .map_err(|e| e.to_string()),
+        }
     } else {
         Ok(Cow::Borrowed(raw))
     }
@@ -620,6 +627,32 @@ fn uuid(text: &str) -> Option<u128> {
     u128::from_str_radix(&hex, 16).ok()
 }
 
+/// A JSON object key, borrowed from the line unless it had escapes.
+/// (`Cow<str>` itself always deserializes owned: one allocation per key.)
+pub struct Key<'de>(pub Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The entries of a JSON object, in order, values as raw JSON text.
 pub fn object_entries(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
     struct Entries;
@@ -630,7 +663,7 @@ pub fn object_entries(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
                 out.push((k, map.next_value::<&'de RawValue>()?));
             }
             Ok(out)
