@@ -357,7 +357,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     match outcome {
         Outcome::Drained => tracing::info!(
             rows = Stats::get(&stats.rows_inserted),
-            quarantined = Stats::get(&stats.quarantined),
+            quarantined = stats.quarantined(),
             "drained: everything read is in ClickHouse and committed"
         ),
         Outcome::GaveUp { rows_left } => tracing::warn!(
@@ -645,8 +645,8 @@ async fn log_progress(stats: Arc<Stats>) {
         tracing::info!(
             rows_inserted = rows - last,
             rows_total = rows,
-            quarantined = Stats::get(&stats.quarantined),
-            insert_failures = Stats::get(&stats.insert_failures),
+            quarantined = stats.quarantined(),
+            insert_failures = stats.insert_failures(),
             queue_rows = Stats::get(&stats.queue_rows),
             "progress over the last minute"
         );

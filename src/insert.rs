@@ -240,7 +240,6 @@ impl Inserter {
                 }
                 Err(f) => f,
             };
-            self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
             let class = match failure.class {
                 Class::Transient => 0,
                 Class::BadData => 1,

@@ -141,7 +141,7 @@ impl Endpoint {
             "quarantined_total",
             "counter",
             "Lines written to the quarantine file.",
-            &one(get(&s.quarantined)),
+            &one(s.quarantined()),
         );
         metric(
             "keys_ignored_total",

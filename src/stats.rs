@@ -28,12 +28,10 @@ pub struct Stats {
     pub rows_parsed: AtomicU64,
     /// JSON keys no column took (and no catch-all column kept).
     pub keys_ignored: AtomicU64,
-    pub quarantined: AtomicU64,
     /// Quarantined lines by [`REJECT_KINDS`].
     pub rejected: [AtomicU64; 6],
     pub batches_inserted: AtomicU64,
     pub rows_inserted: AtomicU64,
-    pub insert_failures: AtomicU64,
     /// Failed insert attempts by [`FAILURE_CLASSES`].
     pub failures_by_class: [AtomicU64; 3],
     /// Attempts after the first, for any insert.
@@ -59,6 +57,16 @@ pub struct Stats {
 impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Lines quarantined, whatever the reason.
+    pub fn quarantined(&self) -> u64 {
+        self.rejected.iter().map(Self::get).sum()
+    }
+
+    /// Failed INSERT attempts, whatever the class.
+    pub fn insert_failures(&self) -> u64 {
+        self.failures_by_class.iter().map(Self::get).sum()
     }
 
     pub fn count_reject(&self, kind: &str) {

@@ -1113,6 +1113,26 @@ mod tests {
     }
 
     #[test]
+    fn every_reject_kind_is_counted_by_the_stats() {
+        let all = [
+            Reject::InvalidUtf8,
+            Reject::InvalidJson(String::new()),
+            Reject::NotAnObject,
+            Reject::WrongType {
+                column: String::new(),
+                detail: String::new(),
+            },
+            Reject::TooLong { len: 0, max: 0 },
+            Reject::Server(String::new()),
+        ];
+        let stats = crate::stats::Stats::default();
+        for r in &all {
+            stats.count_reject(r.kind());
+        }
+        assert_eq!(stats.quarantined(), all.len() as u64);
+    }
+
+    #[test]
     fn deep_nesting_is_handled_without_a_crash() {
         let e = default_enc();
         let open = "[".repeat(100_000);
