@@ -165,7 +165,7 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
         .iter()
         .filter_map(|p| glob::glob(p).ok())
         .flat_map(|paths| paths.flatten())
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && !tail::is_compressed_name(p))
         .collect();
     // The newest files first: they show what the bot writes now.
     files.sort_by_key(|p| std::cmp::Reverse(p.metadata().and_then(|m| m.modified()).ok()));
@@ -187,7 +187,7 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
         let Ok(()) = file.read_exact_at(&mut buf, from) else {
             continue;
         };
-        if buf.starts_with(&[0x1f, 0x8b]) {
+        if from == 0 && tail::has_compressed_magic(&buf) {
             continue; // compressed; never read
         }
         let path_json = LineMeta::json(&path.to_string_lossy());
@@ -209,13 +209,9 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
         }
         let take = lines.len().min(SAMPLE_LINES - out.lines);
         for &(at, line) in &lines[lines.len() - take..] {
-            let mut line = line.strip_suffix(b"\r").unwrap_or(line);
-            if at == 0 {
-                line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
+            let Some(line) = tail::line_body(line, at) else {
                 continue;
-            }
+            };
             out.lines += 1;
             let meta = LineMeta {
                 path: &path_json,

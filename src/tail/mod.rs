@@ -813,13 +813,9 @@ impl<'a> Encoder<'a> {
         self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
         match piece {
             Piece::Line { start, line } => {
-                let mut line = line.strip_suffix(b"\r").unwrap_or(line);
-                if start == 0 {
-                    line = line.strip_prefix(BOM).unwrap_or(line);
-                }
-                if line.iter().all(u8::is_ascii_whitespace) {
+                let Some(line) = line_body(line, start) else {
                     return;
-                }
+                };
                 let meta = LineMeta {
                     path: &self.path,
                     offset: start,
@@ -1015,14 +1011,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn is_compressed_name(path: &Path) -> bool {
+pub fn is_compressed_name(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("gz" | "bz2" | "xz" | "zst" | "zip" | "lz4" | "Z")
     )
 }
 
-fn has_compressed_magic(b: &[u8]) -> bool {
+/// What of a line (without its `\n`) at offset `start` is parsed: CR and,
+/// at the start of a file, a UTF-8 BOM stripped. `None` for a blank line,
+/// which is skipped silently.
+pub fn line_body(line: &[u8], start: u64) -> Option<&[u8]> {
+    let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+    if start == 0 {
+        line = line.strip_prefix(BOM).unwrap_or(line);
+    }
+    (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
+}
+
+/// gzip, bzip2, xz or zstd.
+pub fn has_compressed_magic(b: &[u8]) -> bool {
     b.starts_with(&[0x1f, 0x8b])
         || b.starts_with(b"BZh")
         || b.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
