@@ -95,7 +95,7 @@ enum End {
 struct Service {
     config_path: PathBuf,
     signals: Signals,
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     stats: Arc<Stats>,
     endpoint: Arc<Endpoint>,
     /// The metrics listener, and the address it listens on.
@@ -111,7 +111,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
     let mut service = Service {
         config_path,
         signals: Signals::new()?,
-        notifier: Notifier::from_env(),
+        notifier: Arc::new(Notifier::from_env()),
         endpoint: Endpoint::new(stats.clone()),
         stats,
         listener: None,
@@ -307,8 +307,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     svc.notifier.ready("shipping");
     let watchdog = tokio::spawn(watch_health(
         server.clone(),
-        svc.notifier.watchdog_interval(),
-        svc.notifier.enabled(),
+        svc.notifier.clone(),
         svc.endpoint.clone(),
         Grace::of(config),
     ));
@@ -432,12 +431,11 @@ impl Grace {
 /// stopped moving is not, and then systemd restarts chtail.
 async fn watch_health(
     server: Server,
-    watchdog: Option<Duration>,
-    notify: bool,
+    notifier: Arc<Notifier>,
     endpoint: Arc<Endpoint>,
     grace: Grace,
 ) {
-    let notifier = Notifier::from_env();
+    let watchdog = notifier.watchdog_interval();
     let period = watchdog
         .map(|w| (w / 2).min(Duration::from_secs(5)))
         .unwrap_or(Duration::from_secs(5));
@@ -473,7 +471,7 @@ async fn watch_health(
                 }
             }
         }
-        if notify {
+        if notifier.enabled() {
             let rows = Stats::get(&stats.rows_inserted);
             let secs = last.1.elapsed().as_secs_f64().max(0.001);
             let rate = (rows.saturating_sub(last.0)) as f64 / secs;
@@ -564,12 +562,12 @@ fn replay_batch(
 /// the first failure chtail reports READY with a "waiting for ClickHouse"
 /// status (so a boot is not held up, and the start timeout does not turn an
 /// outage into a restart loop), and keeps the watchdog fed while it waits.
-async fn connect(server: &Server, config: &Config, notifier: &Notifier) -> Plan {
+async fn connect(server: &Server, config: &Config, notifier: &Arc<Notifier>) -> Plan {
     let cfg = server.config();
     let mut backoff = Backoff::new(cfg.retry_initial, cfg.retry_max);
     let keepalive = notifier.watchdog_interval().map(|w| {
+        let pinger = notifier.clone();
         tokio::spawn(async move {
-            let pinger = Notifier::from_env();
             let mut tick = tokio::time::interval(w / 2);
             loop {
                 tick.tick().await;

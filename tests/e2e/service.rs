@@ -42,17 +42,15 @@ fn metrics_port(env: &Env) -> u16 {
     text[at..].split('"').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn systemd_hears_ready_watchdog_status_and_stopping_in_order() {
-    let ch = shared();
-    let env = Env::new(ch, "notify", "events.jsonl", "");
-    append(&env.log("events.jsonl"), 0, 500);
+/// chtail started under a fake systemd: a `NOTIFY_SOCKET` the test reads,
+/// and a 1 s watchdog.
+fn start_notified(env: &Env) -> (Chtail, UnixDatagram) {
     let socket_path = env.tmp.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut chtail = Chtail::start_with_env(
+    let chtail = Chtail::start_with_env(
         &env.config,
         &env.tmp.path().join("chtail.log"),
         &[
@@ -60,21 +58,32 @@ fn systemd_hears_ready_watchdog_status_and_stopping_in_order() {
             ("WATCHDOG_USEC", "1000000"),
         ],
     );
-    let mut got: Vec<String> = Vec::new();
+    (chtail, socket)
+}
+
+/// Appends to `got` every message that arrives within `d`.
+fn receive(socket: &UnixDatagram, d: Duration, got: &mut Vec<String>) {
     let mut buf = [0u8; 4096];
-    let mut recv_for = |d: Duration, got: &mut Vec<String>| {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            if let Ok(n) = socket.recv(&mut buf) {
-                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
-    };
+    }
+}
+
+#[test]
+fn systemd_hears_ready_watchdog_status_and_stopping_in_order() {
+    let ch = shared();
+    let env = Env::new(ch, "notify", "events.jsonl", "");
+    append(&env.log("events.jsonl"), 0, 500);
+    let (mut chtail, socket) = start_notified(&env);
+    let mut got: Vec<String> = Vec::new();
     expect_rows(ch, &env.table(), 500);
-    recv_for(Duration::from_secs(3), &mut got);
+    receive(&socket, Duration::from_secs(3), &mut got);
     chtail.signal("TERM");
     assert!(chtail.wait(SHORT).success());
-    recv_for(Duration::from_millis(500), &mut got);
+    receive(&socket, Duration::from_millis(500), &mut got);
 
     let first = |needle: &str| got.iter().position(|m| m.contains(needle));
     let ready = first("READY=1").unwrap_or_else(|| panic!("no READY: {got:#?}"));
@@ -264,27 +273,9 @@ fn waiting_for_clickhouse_at_boot_is_ready_and_fed_not_a_restart_loop() {
         .unwrap()
         .replace(&ch.url(), &format!("http://127.0.0.1:{port}"));
     std::fs::write(&env.config, text).unwrap();
-    let socket_path = env.tmp.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut chtail = Chtail::start_with_env(
-        &env.config,
-        &env.tmp.path().join("chtail.log"),
-        &[
-            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "1000000"),
-        ],
-    );
+    let (mut chtail, socket) = start_notified(&env);
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        if let Ok(n) = socket.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
+    receive(&socket, Duration::from_secs(3), &mut got);
     assert!(
         got.iter()
             .any(|m| m.starts_with("READY=1\nSTATUS=waiting for ClickHouse")),
