@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use twox_hash::XxHash64;
 
-use crate::checkpoint::FileId;
 use crate::config;
+use crate::identity::FileId;
 use crate::queue::{Chunk, Queue};
 use crate::stats::Stats;
 use std::sync::atomic::Ordering;
@@ -175,13 +175,14 @@ mod tests {
         Chunk {
             route: 0,
             file: FileId(file),
-            identity: crate::tail::identity::Identity {
+            identity: crate::identity::Identity {
                 dev: 1,
                 ino: file,
                 fp_len: 8,
                 fp_hash: file * 31,
             },
             path: Arc::from(Path::new("/x")),
+            handle: Arc::new(std::fs::File::open("/dev/null").unwrap()),
             start,
             end,
             rows: (0..rows)
@@ -192,6 +193,7 @@ mod tests {
                 .collect(),
             data: Bytes::from(vec![0u8; rows]),
             times: Vec::new(),
+            held: None,
         }
     }
 

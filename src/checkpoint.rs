@@ -21,7 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tail::identity::Identity;
+use crate::identity::FileId;
+use crate::identity::Identity;
 
 pub const STATE_FILE: &str = "state.json";
 /// The batch being inserted: which bytes, under which token.
@@ -29,11 +30,6 @@ pub const MANIFEST_FILE: &str = "inflight.json";
 const PREV_FILE: &str = "state.json.prev";
 const TMP_FILE: &str = "state.json.tmp";
 const VERSION: u32 = 1;
-
-/// chtail's name for one file (one identity) it tracks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct FileId(pub u64);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileState {
@@ -53,13 +49,8 @@ impl FileState {
     /// The size of this file if it is still at its recorded path: the same
     /// inode with the same first bytes.
     pub fn current_size(&self) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let file = File::open(&self.path).ok()?;
-        let meta = file.metadata().ok()?;
-        let same = meta.dev() == self.identity.dev
-            && meta.ino() == self.identity.ino
-            && self.identity.same_content(&file).unwrap_or(false);
-        same.then_some(meta.len())
+        let file = self.identity.open_at(&self.path)?;
+        file.metadata().ok().map(|m| m.len())
     }
 }
 
@@ -97,6 +88,8 @@ pub struct Checkpoints {
     files: BTreeMap<FileId, FileState>,
     /// Files were registered since the last snapshot.
     unsaved: bool,
+    /// When the state on disk was written last, as loaded.
+    last_saved: Option<SystemTime>,
 }
 
 /// How the state was loaded, for the start-up log.
@@ -152,11 +145,16 @@ impl Checkpoints {
             },
         };
         let files = state.files.into_iter().map(|f| (f.id, f)).collect();
+        let last_saved = [STATE_FILE, PREV_FILE]
+            .iter()
+            .filter_map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+            .max();
         Ok((
             Checkpoints {
                 next_id: state.next_id,
                 files,
                 unsaved: false,
+                last_saved,
             },
             loaded,
         ))
@@ -170,6 +168,12 @@ impl Checkpoints {
             Ok(None) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+
+    /// When the state that was loaded had been written: the last commit
+    /// before this start. `None` for a fresh state.
+    pub fn last_saved(&self) -> Option<SystemTime> {
+        self.last_saved
     }
 
     pub fn files(&self) -> impl Iterator<Item = &FileState> {

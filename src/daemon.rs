@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch;
 use crate::checkpoint::{Checkpoints, Loaded, Manifest, StateError};
 use crate::clickhouse::{Backoff, Class, Delivery, Server};
 use crate::config::Config;
+use crate::health;
 use crate::heartbeat;
 use crate::insert::{Inserter, Outcome};
 use crate::metrics::{self, Endpoint};
@@ -33,57 +33,15 @@ use crate::notify::Notifier;
 use crate::plan::{self, Plan};
 use crate::quarantine::Quarantine;
 use crate::queue::Queue;
+use crate::replay;
+use crate::signal::{Sig, Signals};
 use crate::stats::Stats;
-use crate::tail::{self, SourceRoute, Tailer};
+use crate::tail::{self, Tailer};
 
 /// Exit status for a state directory chtail cannot trust (sysexits' DATAERR).
 pub const EXIT_BAD_STATE: u8 = 65;
 /// Exit status after a second signal.
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// What a signal asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sig {
-    /// SIGTERM or SIGINT: drain and exit.
-    Stop(&'static str),
-    /// SIGHUP: read the config again.
-    Reload,
-}
-
-/// The signals the daemon acts on.
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
-            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
-        })
-    }
-
-    async fn recv(&mut self) -> Sig {
-        tokio::select! {
-            _ = self.term.recv() => Sig::Stop("SIGTERM"),
-            _ = self.int.recv() => Sig::Stop("SIGINT"),
-            _ = self.hup.recv() => Sig::Reload,
-        }
-    }
-
-    /// The next stop signal; a SIGHUP in between is logged and ignored.
-    async fn stop(&mut self) -> &'static str {
-        loop {
-            match self.recv().await {
-                Sig::Stop(name) => return name,
-                Sig::Reload => tracing::info!("SIGHUP ignored: chtail is stopping or reloading"),
-            }
-        }
-    }
-}
 
 /// How one run of the pipeline ended.
 enum End {
@@ -250,7 +208,8 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     };
     // A batch a crash interrupted goes out again first, byte for byte.
     if let Some(manifest) = Manifest::load(&state_dir) {
-        let batch = replay_batch(&manifest, &checkpoints, config, &plan.sources, &stats);
+        let batch =
+            replay::interrupted_batch(&manifest, &checkpoints, config, &plan.sources, &stats);
         if let Some(batch) = batch {
             tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
             svc.notifier
@@ -292,7 +251,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         .name("chtail-tail".into())
         .spawn(move || tailer.run())
         .context("starting the tailer thread")?;
-    let mut helpers = vec![tokio::spawn(log_progress(stats.clone()))];
+    let mut helpers = vec![tokio::spawn(health::log_progress(stats.clone()))];
     if config.heartbeat.enabled {
         helpers.push(tokio::spawn(heartbeat::run(
             server.clone(),
@@ -305,11 +264,11 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     svc.endpoint
         .attach(Some(checkpoints.clone()), config.metrics.ready_max_lag);
     svc.notifier.ready("shipping");
-    let watchdog = tokio::spawn(watch_health(
+    let watchdog = tokio::spawn(health::watch_health(
         server.clone(),
         svc.notifier.clone(),
         svc.endpoint.clone(),
-        Grace::of(config),
+        health::Grace::of(config),
     ));
     helpers.push(watchdog);
 
@@ -405,154 +364,6 @@ async fn drain(
     }
 }
 
-/// How often an idle chtail checks that ClickHouse answers.
-const PROBE_EVERY: Duration = Duration::from_secs(15);
-
-/// How long each stage may show no sign of life before it counts as stuck.
-#[derive(Clone, Copy)]
-struct Grace {
-    tail: Duration,
-    insert: Duration,
-}
-
-impl Grace {
-    fn of(config: &Config) -> Grace {
-        Grace {
-            tail: (config.tail.poll_interval * 10).max(Duration::from_secs(20)),
-            insert: config.clickhouse.request_timeout * 2 + Duration::from_secs(30),
-        }
-    }
-}
-
-/// The watchdog and the status line. systemd is pinged only while every
-/// stage shows life: the tailer went round its loop (or is waiting on a
-/// full queue, which is backpressure working) and no insert has hung past
-/// its timeouts. Waiting out a ClickHouse outage is healthy; a stage that
-/// stopped moving is not, and then systemd restarts chtail.
-async fn watch_health(
-    server: Server,
-    notifier: Arc<Notifier>,
-    endpoint: Arc<Endpoint>,
-    grace: Grace,
-) {
-    let watchdog = notifier.watchdog_interval();
-    let period = watchdog
-        .map(|w| (w / 2).min(Duration::from_secs(5)))
-        .unwrap_or(Duration::from_secs(5));
-    let mut tick = tokio::time::interval(period);
-    let stats = endpoint.stats.clone();
-    let mut last = (Stats::get(&stats.rows_inserted), std::time::Instant::now());
-    let mut last_warned: Option<std::time::Instant> = None;
-    let mut last_probe = std::time::Instant::now();
-    loop {
-        tick.tick().await;
-        // With no inserts to tell, ask ClickHouse now and then whether it
-        // answers, so /ready and the status line stay true when idle.
-        let quiet = crate::stats::now_ms().saturating_sub(Stats::get(&stats.last_insert_ms))
-            > PROBE_EVERY.as_millis() as u64
-            && Stats::get(&stats.insert_started_ms) == 0;
-        if quiet && last_probe.elapsed() >= PROBE_EVERY {
-            last_probe = std::time::Instant::now();
-            let ok = server.version().await.is_ok();
-            stats.clickhouse_ok.store(ok, Ordering::Relaxed);
-        }
-        let stuck = metrics::stuck_stage(&stats, grace.tail, grace.insert);
-        *endpoint.stuck.lock().unwrap_or_else(|e| e.into_inner()) = stuck.clone();
-        match &stuck {
-            None => {
-                if watchdog.is_some() {
-                    notifier.watchdog();
-                }
-            }
-            Some(why) => {
-                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                    tracing::error!("a stage looks stuck ({why}); the watchdog is not pinged");
-                    last_warned = Some(std::time::Instant::now());
-                }
-            }
-        }
-        if notifier.enabled() {
-            let rows = Stats::get(&stats.rows_inserted);
-            let secs = last.1.elapsed().as_secs_f64().max(0.001);
-            let rate = (rows.saturating_sub(last.0)) as f64 / secs;
-            last = (rows, std::time::Instant::now());
-            let since = match Stats::get(&stats.last_insert_ms) {
-                0 => "no insert yet".to_string(),
-                ms => format!(
-                    "last insert {}s ago",
-                    crate::stats::now_ms().saturating_sub(ms) / 1000
-                ),
-            };
-            let ch = if stats.clickhouse_ok.load(Ordering::Relaxed) {
-                "ClickHouse up"
-            } else {
-                "ClickHouse DOWN, retrying"
-            };
-            notifier.status(&format!(
-                "{rate:.0} rows/s, lag {} bytes, queue {} rows, {since}, {ch}{}",
-                endpoint.total_lag(),
-                Stats::get(&stats.queue_rows),
-                stuck.map(|w| format!(", STUCK: {w}")).unwrap_or_default()
-            ));
-        }
-    }
-}
-
-/// Rebuilds the batch of `manifest` that is not committed yet from the log
-/// files: the same bytes, read and encoded again, in the same order.
-fn replay_batch(
-    manifest: &Manifest,
-    checkpoints: &Mutex<Checkpoints>,
-    config: &Config,
-    sources: &[SourceRoute],
-    stats: &Stats,
-) -> Option<batch::Batch> {
-    let pending = manifest.pending(&checkpoints.lock().unwrap_or_else(|e| e.into_inner()));
-    if pending.is_empty() {
-        return None;
-    }
-    let patterns: Vec<String> = config
-        .sources
-        .iter()
-        .flat_map(|s| s.paths.clone())
-        .collect();
-    let mut batch = batch::Batch::default();
-    for range in pending {
-        let entry = checkpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(range.file)
-            .cloned()?;
-        let chunk = tail::locate(&entry, &patterns).and_then(|(path, file)| {
-            let source = tail::source_near(sources, Some(&entry.path), &path);
-            if batch
-                .chunks
-                .first()
-                .is_some_and(|c| c.route != sources[source].route)
-            {
-                return None; // a batch goes to one table
-            }
-            tail::reread(
-                &file,
-                (range.file, entry.identity),
-                &path,
-                (range.start, range.end),
-                &sources[source],
-                &config.tail,
-                stats,
-            )
-            .ok()
-        });
-        match chunk {
-            Some(c) => batch.push(c),
-            None => {
-                tracing::warn!(path = %entry.path.display(), start = range.start, end = range.end, "cannot find the bytes of the interrupted batch any more (file deleted or rewritten); they cannot be re-sent")
-            }
-        }
-    }
-    (!batch.chunks.is_empty()).then_some(batch)
-}
-
 /// Reaches ClickHouse, reads (or creates) the tables and binds the sources
 /// to them. Retries until it succeeds: a server that is down, a table that
 /// is missing or a column chtail cannot write are each logged, and fixed by
@@ -629,25 +440,5 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
-    }
-}
-
-/// A line a minute saying whether events flow.
-async fn log_progress(stats: Arc<Stats>) {
-    let mut last = 0;
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let rows = stats.rows_inserted.load(Ordering::Relaxed);
-        tracing::info!(
-            rows_inserted = rows - last,
-            rows_total = rows,
-            quarantined = stats.quarantined(),
-            insert_failures = stats.insert_failures(),
-            queue_rows = Stats::get(&stats.queue_rows),
-            "progress over the last minute"
-        );
-        last = rows;
     }
 }

@@ -12,7 +12,7 @@
 //! abandons an insert half-way.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -176,7 +176,7 @@ impl Inserter {
                     let (c, r) = index[a];
                     let chunk = &batch.chunks[c];
                     let offset = chunk.rows[r].offset;
-                    let line = read_line_at(&chunk.path, offset);
+                    let line = read_line_at(&chunk.handle, offset);
                     let mut q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
                     q.put(
                         &chunk.path,
@@ -350,11 +350,10 @@ fn slice_parts(batch: &Batch, rows: &[(usize, usize)]) -> Vec<bytes::Bytes> {
     parts
 }
 
-/// Best effort: the line at `offset`, for the quarantine record.
-fn read_line_at(path: &Path, offset: u64) -> Vec<u8> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
+/// Best effort: the line at `offset` of the chunk's own file (read through
+/// the handle it was read from, whatever has its path now), for the
+/// quarantine record.
+fn read_line_at(file: &std::fs::File, offset: u64) -> Vec<u8> {
     let mut buf = vec![0u8; 64 << 10];
     let n = file.read_at(&mut buf, offset).unwrap_or(0);
     buf.truncate(n);

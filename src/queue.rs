@@ -2,12 +2,16 @@
 //!
 //! Input: [`Chunk`]s, each a run of complete lines of one file, already
 //! encoded as RowBinary rows, with the byte range they came from. Output: the
-//! same chunks, in order. The queue is bounded in rows and in bytes; when it
-//! is full, [`Queue::push`] blocks the tailer, so the bot's log file, not
-//! chtail's memory, absorbs a ClickHouse that falls behind (DESIGN.md §2.1).
-//! It stops when the tailer closes it; the batcher then drains what is left.
+//! same chunks, in order. The home of invariant 1 (ARCHITECTURE.md): the
+//! bound in rows and bytes covers every chunk from the moment it is pushed
+//! until it is dropped, that is until its batch was inserted and committed,
+//! so the batch being built and the batch in flight count too. When the
+//! bound is reached, [`Queue::push`] blocks the tailer, and the bot's log
+//! file, not chtail's memory, absorbs a ClickHouse that falls behind. It
+//! stops when the tailer closes it; the batcher then drains what is left.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,9 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::checkpoint::FileId;
+use crate::identity::FileId;
+use crate::identity::Identity;
 use crate::stats::Stats;
-use crate::tail::identity::Identity;
 
 /// A row's place: the file offset of its line and where its encoded bytes
 /// end within the chunk's data.
@@ -37,6 +41,9 @@ pub struct Chunk {
     /// beyond this process (FileIds are chtail's own numbering).
     pub identity: Identity,
     pub path: Arc<Path>,
+    /// The file itself, open: a rejected row's line is read back from it
+    /// for the quarantine, never from whatever file now has the path.
+    pub handle: Arc<File>,
     pub start: u64,
     pub end: u64,
     pub rows: Vec<RowMark>,
@@ -44,14 +51,65 @@ pub struct Chunk {
     /// The events' own times (Unix ms), for the delay metric; rows without
     /// a readable time have none.
     pub times: Vec<i64>,
+    /// The chunk's share of the queue's bound, given back when the last
+    /// copy of the chunk is dropped. `None` until it is pushed.
+    pub held: Option<Arc<Held>>,
+}
+
+/// A share of the queue's bound, returned on drop.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<Budget>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give_back(self.rows, self.bytes);
+    }
+}
+
+/// What is held of the bound, and the condition the tailer waits on.
+#[derive(Debug)]
+struct Budget {
+    held: Mutex<(usize, usize)>,
+    space: Condvar,
+    stats: Arc<Stats>,
+}
+
+impl Budget {
+    fn lock(&self) -> MutexGuard<'_, (usize, usize)> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn give_back(&self, rows: usize, bytes: usize) {
+        let mut held = self.lock();
+        held.0 -= rows;
+        held.1 -= bytes;
+        self.publish(&held);
+        drop(held);
+        self.space.notify_all();
+    }
+
+    fn publish(&self, held: &(usize, usize)) {
+        self.stats
+            .queue_rows
+            .store(held.0 as u64, Ordering::Relaxed);
+        self.stats
+            .queue_bytes
+            .store(held.1 as u64, Ordering::Relaxed);
+    }
 }
 
 impl Chunk {
-    /// What the chunk costs the queue's byte bound.
+    /// What the chunk costs the queue's byte bound: the memory it holds
+    /// (allocated capacity, not length), its own struct included.
     pub fn weight(&self) -> usize {
-        self.data.len()
-            + self.rows.len() * std::mem::size_of::<RowMark>()
-            + self.times.len() * std::mem::size_of::<i64>()
+        std::mem::size_of::<Chunk>()
+            + self.data.len()
+            + self.rows.capacity() * std::mem::size_of::<RowMark>()
+            + self.times.capacity() * std::mem::size_of::<i64>()
     }
 
     /// Encoded bytes of rows `from..to`.
@@ -72,18 +130,15 @@ impl Chunk {
 
 pub struct Queue {
     inner: Mutex<Inner>,
-    space: Condvar,
+    budget: Arc<Budget>,
     ready: tokio::sync::Notify,
     max_rows: usize,
     max_bytes: usize,
-    stats: Arc<Stats>,
 }
 
 #[derive(Default)]
 struct Inner {
     items: VecDeque<Chunk>,
-    rows: usize,
-    bytes: usize,
     closed: bool,
 }
 
@@ -95,11 +150,14 @@ impl Queue {
     pub fn new(max_rows: usize, max_bytes: usize, stats: Arc<Stats>) -> Queue {
         Queue {
             inner: Mutex::new(Inner::default()),
-            space: Condvar::new(),
+            budget: Arc::new(Budget {
+                held: Mutex::new((0, 0)),
+                space: Condvar::new(),
+                stats,
+            }),
             ready: tokio::sync::Notify::new(),
             max_rows,
             max_bytes,
-            stats,
         }
     }
 
@@ -108,48 +166,48 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a chunk, blocking while the queue is full. A chunk bigger than
-    /// the whole bound is still accepted into an empty queue, so no line is
-    /// ever too big to pass.
-    pub fn push(&self, chunk: Chunk, cancel: &AtomicBool) -> Result<(), Cancelled> {
+    /// Adds a chunk, blocking while the bound is reached. A chunk bigger
+    /// than the whole bound is still accepted when nothing else is held, so
+    /// no line is ever too big to pass.
+    pub fn push(&self, mut chunk: Chunk, cancel: &AtomicBool) -> Result<(), Cancelled> {
         let rows = chunk.rows.len();
-        let weight = chunk.weight();
-        let mut inner = self.lock();
-        while !inner.items.is_empty()
-            && (inner.rows + rows > self.max_rows || inner.bytes + weight > self.max_bytes)
-        {
+        let bytes = chunk.weight();
+        let budget = &self.budget;
+        let mut held = budget.lock();
+        while held.1 > 0 && (held.0 + rows > self.max_rows || held.1 + bytes > self.max_bytes) {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Cancelled);
             }
             // Waiting on a full queue is the tailer working as designed.
-            Stats::beat(&self.stats.tail_beat_ms);
-            inner = self
+            Stats::beat(&budget.stats.tail_beat_ms);
+            held = budget
                 .space
-                .wait_timeout(inner, Duration::from_millis(100))
+                .wait_timeout(held, Duration::from_millis(100))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        inner.rows += rows;
-        inner.bytes += weight;
-        inner.items.push_back(chunk);
-        self.publish(&inner);
-        drop(inner);
+        held.0 += rows;
+        held.1 += bytes;
+        budget.publish(&held);
+        drop(held);
+        chunk.held = Some(Arc::new(Held {
+            budget: budget.clone(),
+            rows,
+            bytes,
+        }));
+        self.lock().items.push_back(chunk);
         self.ready.notify_one();
         Ok(())
     }
 
-    /// The next chunk; `None` once the queue is closed and empty.
+    /// The next chunk; `None` once the queue is closed and empty. The chunk
+    /// keeps its share of the bound until it is dropped.
     pub async fn pop(&self) -> Option<Chunk> {
         loop {
             let notified = self.ready.notified();
             {
                 let mut inner = self.lock();
                 if let Some(chunk) = inner.items.pop_front() {
-                    inner.rows -= chunk.rows.len();
-                    inner.bytes -= chunk.weight();
-                    self.publish(&inner);
-                    drop(inner);
-                    self.space.notify_all();
                     return Some(chunk);
                 }
                 if inner.closed {
@@ -164,15 +222,6 @@ impl Queue {
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
-    }
-
-    fn publish(&self, inner: &Inner) {
-        self.stats
-            .queue_rows
-            .store(inner.rows as u64, Ordering::Relaxed);
-        self.stats
-            .queue_bytes
-            .store(inner.bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -191,6 +240,7 @@ mod tests {
                 fp_hash: 0,
             },
             path: Arc::from(Path::new("/x")),
+            handle: Arc::new(File::open("/dev/null").unwrap()),
             start,
             end,
             rows: (0..rows)
@@ -201,6 +251,7 @@ mod tests {
                 .collect(),
             data: Bytes::from(vec![0u8; rows * 10]),
             times: Vec::new(),
+            held: None,
         }
     }
 
@@ -213,7 +264,14 @@ mod tests {
         let producer = std::thread::spawn(move || q2.push(chunk(1, 10, 20, 5), &c2));
         std::thread::sleep(Duration::from_millis(300));
         assert!(!producer.is_finished(), "push must wait for room");
-        assert_eq!(q.pop().await.unwrap().start, 0);
+        let first = q.pop().await.unwrap();
+        assert_eq!(first.start, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !producer.is_finished(),
+            "a popped chunk still holds its share until it is dropped"
+        );
+        drop(first);
         producer.join().unwrap().unwrap();
         assert_eq!(q.pop().await.unwrap().start, 10);
         q.close();

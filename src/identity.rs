@@ -1,5 +1,10 @@
-//! What makes a file the same file: device, inode and a fingerprint of its
-//! first bytes.
+//! File identity: what makes a file the same file, whatever its path.
+//!
+//! The home of invariant 5 (ARCHITECTURE.md): a file is its device, inode
+//! and a fingerprint of its first bytes. [`FileId`] is chtail's own name for
+//! one identity in the checkpoints; [`Identity::is`] is the one check "is
+//! this open file still that file", used by the tailer, the crash replay,
+//! the checkpoints and the quarantine alike.
 //!
 //! A path says nothing (rotation moves files, a new file takes the old name),
 //! and an inode alone is not enough either: once a file is deleted, the
@@ -12,8 +17,17 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 use twox_hash::XxHash64;
+
+/// chtail's name for one file (one identity) it tracks. Only meaningful
+/// inside one state directory; what names bytes beyond it is the
+/// [`Identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileId(pub u64);
 
 /// Bytes covered by a full fingerprint.
 pub const FINGERPRINT_MAX: u64 = 1024;
@@ -64,6 +78,21 @@ impl Identity {
 
     pub fn same_inode(&self, other: &Identity) -> bool {
         self.dev == other.dev && self.ino == other.ino
+    }
+
+    /// Whether the open `file` is this file: the same device and inode,
+    /// still starting with the fingerprinted bytes. The one place that
+    /// answers "is this still that file".
+    pub fn is(&self, file: &File) -> bool {
+        file.metadata()
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+            && self.same_content(file).unwrap_or(false)
+    }
+
+    /// Opens `path` if it is this file (see [`Identity::is`]).
+    pub fn open_at(&self, path: &Path) -> Option<File> {
+        let file = File::open(path).ok()?;
+        self.is(&file).then_some(file)
     }
 }
 

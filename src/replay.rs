@@ -1,0 +1,166 @@
+//! Crash recovery: the batch a crash interrupted goes out again, byte for
+//! byte, before tailing resumes.
+//!
+//! The home of invariant 3 after a crash (ARCHITECTURE.md). Before a batch
+//! is sent, the inserter records its manifest: each chunk's file and byte
+//! range, and the batch's deduplication token. On start-up, the ranges of
+//! that manifest that the checkpoints do not cover yet are found again by
+//! file identity (wherever the files were rotated to), read and encoded
+//! again (the rows depend only on the bytes and the config), and re-sent
+//! under the recorded token, so the server drops them if it had them.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::batch::Batch;
+use crate::checkpoint::{Checkpoints, FileState, Manifest};
+use crate::config::{self, Config};
+use crate::identity::{FileId, Identity};
+use crate::parse::LineMeta;
+use crate::queue::Chunk;
+use crate::stats::Stats;
+use crate::tail::{
+    ChunkBuilder, LineEncoder, Origin, SourceRoute, Splitter, host_name, literal_dir, source_near,
+};
+
+/// Rebuilds the batch of `manifest` that is not committed yet from the log
+/// files: the same bytes, read and encoded again, in the same order.
+pub fn interrupted_batch(
+    manifest: &Manifest,
+    checkpoints: &Mutex<Checkpoints>,
+    config: &Config,
+    sources: &[SourceRoute],
+    stats: &Stats,
+) -> Option<Batch> {
+    let pending = manifest.pending(&checkpoints.lock().unwrap_or_else(|e| e.into_inner()));
+    if pending.is_empty() {
+        return None;
+    }
+    let patterns: Vec<String> = config
+        .sources
+        .iter()
+        .flat_map(|s| s.paths.clone())
+        .collect();
+    let mut batch = Batch::default();
+    for range in pending {
+        let entry = checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(range.file)
+            .cloned()?;
+        let chunk = locate(&entry, &patterns).and_then(|(path, file)| {
+            let source = source_near(sources, Some(&entry.path), &path);
+            if batch
+                .chunks
+                .first()
+                .is_some_and(|c| c.route != sources[source].route)
+            {
+                return None; // a batch goes to one table
+            }
+            reread(
+                file,
+                (range.file, entry.identity),
+                &path,
+                (range.start, range.end),
+                &sources[source],
+                &config.tail,
+                stats,
+            )
+            .ok()
+        });
+        match chunk {
+            Some(c) => batch.push(c),
+            None => {
+                tracing::warn!(path = %entry.path.display(), start = range.start, end = range.end, "cannot find the bytes of the interrupted batch any more (file deleted or rewritten); they cannot be re-sent")
+            }
+        }
+    }
+    (!batch.chunks.is_empty()).then_some(batch)
+}
+
+/// Reads bytes `start..end` of `file` again, exactly as they were read the
+/// first time, into one chunk: the same bytes always give the same rows.
+/// `end` must be a line end. Used to replay a batch after a crash.
+fn reread(
+    file: File,
+    (id, identity): (FileId, Identity),
+    path: &Path,
+    (start, end): (u64, u64),
+    source: &SourceRoute,
+    cfg: &config::Tail,
+    stats: &Stats,
+) -> std::io::Result<Chunk> {
+    let host = LineMeta::json(&host_name());
+    let enc = LineEncoder::new(
+        &source.encoder,
+        &host,
+        path,
+        None,
+        stats,
+        cfg.max_line_bytes,
+    );
+    let mut splitter = Splitter::new(start, cfg.max_line_bytes);
+    let mut builder = ChunkBuilder::new(start);
+    let mut buf = vec![0u8; cfg.read_buffer_bytes];
+    while splitter.fed_offset() < end {
+        let want = ((end - splitter.fed_offset()) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], splitter.fed_offset())?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} ends before offset {end}", path.display()),
+            ));
+        }
+        splitter.feed(&buf[..n]);
+        while let Some(piece) = splitter.next_piece() {
+            let piece_end = piece.end();
+            enc.piece(piece, path, &mut builder);
+            builder.end = piece_end;
+        }
+    }
+    let path: Arc<Path> = Arc::from(path);
+    let handle = Arc::new(file);
+    let origin = Origin {
+        route: source.route,
+        file: id,
+        identity,
+        path: &path,
+        handle: &handle,
+    };
+    Ok(builder.take_chunk(&origin).unwrap_or_else(|| Chunk {
+        route: source.route,
+        file: id,
+        identity,
+        path: path.clone(),
+        handle: handle.clone(),
+        start,
+        end,
+        rows: Vec::new(),
+        data: Bytes::new(),
+        times: Vec::new(),
+        held: None,
+    }))
+}
+
+/// Finds a checkpointed file again: at its recorded path, or by identity
+/// in the directories of `patterns` (it may have been rotated since).
+fn locate(entry: &FileState, patterns: &[String]) -> Option<(PathBuf, File)> {
+    let is_it = |path: &Path| entry.identity.open_at(path);
+    if let Some(f) = is_it(&entry.path) {
+        return Some((entry.path.clone(), f));
+    }
+    let dirs: HashSet<PathBuf> = patterns.iter().map(|p| literal_dir(p)).collect();
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).ok()?.flatten() {
+            if let Some(f) = is_it(&e.path()) {
+                return Some((e.path(), f));
+            }
+        }
+    }
+    None
+}

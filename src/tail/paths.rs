@@ -1,0 +1,222 @@
+//! Paths: which files a source names, and which bytes of them are lines.
+//!
+//! Pure helpers of the tail stage, plus the inotify watch that only wakes
+//! it: the literal directory of a glob, which source a path belongs to,
+//! compressed files (never read as text) told apart by name and by magic
+//! bytes, and the body of a line (CR and a leading BOM stripped).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::{Control, SourceRoute};
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The source a path belongs to: the first whose globs match it.
+pub fn source_of(sources: &[SourceRoute], path: &Path) -> Option<usize> {
+    sources.iter().position(|s| {
+        s.patterns.iter().any(|p| {
+            glob::Pattern::new(p)
+                .map(|g| g.matches_path(path))
+                .unwrap_or(false)
+        })
+    })
+}
+
+/// The source of a file found outside the globs (a rotated name): the one
+/// its last known path belongs to, else the first source watching its
+/// directory.
+pub fn source_near(sources: &[SourceRoute], known: Option<&Path>, path: &Path) -> usize {
+    known
+        .and_then(|k| source_of(sources, k))
+        .or_else(|| source_of(sources, path))
+        .or_else(|| {
+            let dir = path.parent()?;
+            sources
+                .iter()
+                .position(|s| s.patterns.iter().any(|p| literal_dir(p) == dir))
+        })
+        .unwrap_or(0)
+}
+
+pub fn is_compressed_name(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("gz" | "bz2" | "xz" | "zst" | "zip" | "lz4" | "Z")
+    )
+}
+
+/// What of a line (without its `\n`) at offset `start` is parsed: CR and,
+/// at the start of a file, a UTF-8 BOM stripped. `None` for a blank line,
+/// which is skipped silently.
+pub fn line_body(line: &[u8], start: u64) -> Option<&[u8]> {
+    let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+    if start == 0 {
+        line = line.strip_prefix(BOM).unwrap_or(line);
+    }
+    (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
+}
+
+/// gzip, bzip2, xz or zstd.
+pub fn has_compressed_magic(b: &[u8]) -> bool {
+    b.starts_with(&[0x1f, 0x8b])
+        || b.starts_with(b"BZh")
+        || b.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || b.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+}
+
+/// Whether `name` is a rotation of the live file `live` (both file names
+/// in one directory): the live name followed by a separator and a suffix
+/// (`events.jsonl.1`, `events.jsonl.2026-12-01_10-00-01`,
+/// `events.jsonl-20261201`), or a suffix set between the live name's stem
+/// and its extension (`events.1.jsonl`, `events.2026-12-01.jsonl`).
+/// Compressed rotations are never read as text.
+pub fn is_rotation_of(live: &str, name: &str) -> bool {
+    if name == live || is_compressed_name(Path::new(name)) {
+        return false;
+    }
+    let after_live = name
+        .strip_prefix(live)
+        .is_some_and(|rest| rest.len() > 1 && rest.starts_with(['.', '-', '_']));
+    let inside = live.rsplit_once('.').is_some_and(|(stem, ext)| {
+        !stem.is_empty()
+            && name
+                .strip_prefix(stem)
+                .and_then(|rest| rest.strip_suffix(ext))
+                .and_then(|mid| mid.strip_suffix('.'))
+                .is_some_and(|mid| mid.len() > 1 && mid.starts_with(['.', '-', '_']))
+    });
+    after_live || inside
+}
+
+/// The directory part of a glob before its first wildcard.
+pub(crate) fn literal_dir(pattern: &str) -> PathBuf {
+    let mut dir = PathBuf::new();
+    for comp in Path::new(pattern).components() {
+        let s = comp.as_os_str().to_string_lossy();
+        if s.contains(['*', '?', '[']) {
+            break;
+        }
+        dir.push(comp);
+    }
+    if dir.as_os_str() == pattern {
+        dir.pop();
+    }
+    dir
+}
+
+/// Watches the sources' directories so that appends and new files wake the
+/// tailer at once. A file created under a matching name, or renamed away
+/// from one, is opened right here, on the watcher's thread, and handed to
+/// the tailer: a bot that rotates faster than the tailer looks (or while
+/// the tailer waits on a full queue) cannot hide a file from it. Best
+/// effort: without inotify, the poll still finds every file that stays
+/// under a matching name for a poll interval, and the rotation scan finds
+/// the rest.
+pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{ModifyKind, RenameMode};
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let globs: Vec<glob::Pattern> = patterns
+        .iter()
+        .filter_map(|p| glob::Pattern::new(p).ok())
+        .collect();
+    let matching =
+        move |p: &Path| globs.iter().any(|g| g.matches_path(p)) && !is_compressed_name(p);
+    let handler = move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else {
+            // Lost events (a queue overflow): the poll looks at everything.
+            control.poke(true);
+            return;
+        };
+        let opened = match (&ev.kind, ev.paths.as_slice()) {
+            (EventKind::Create(_), [path]) if matching(path) => Some(path),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), [from, to])
+                if matching(from) =>
+            {
+                Some(to)
+            }
+            _ => None,
+        };
+        if let Some(path) = opened
+            && std::fs::metadata(path).is_ok_and(|m| m.is_file())
+            && let Ok(file) = std::fs::File::open(path)
+        {
+            control.hand_over(path.clone(), file);
+        }
+        let names = matches!(
+            ev.kind,
+            EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+        );
+        control.poke(names);
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for file changes; polling only");
+            return None;
+        }
+    };
+    let dirs: HashSet<PathBuf> = patterns.iter().map(|p| literal_dir(p)).collect();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory; polling it");
+        }
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_dirs() {
+        assert_eq!(
+            literal_dir("/var/log/argus/events*.jsonl"),
+            PathBuf::from("/var/log/argus")
+        );
+        assert_eq!(
+            literal_dir("/var/log/*/events.jsonl"),
+            PathBuf::from("/var/log")
+        );
+        assert_eq!(
+            literal_dir("/var/log/argus/events.jsonl"),
+            PathBuf::from("/var/log/argus")
+        );
+    }
+
+    #[test]
+    fn rotations_are_named_after_the_live_file() {
+        for name in [
+            "events.jsonl.1",
+            "events.jsonl.2026-12-01_10-00-01",
+            "events.jsonl-20261201",
+            "events.1.jsonl",
+            "events.2026-12-01.jsonl",
+        ] {
+            assert!(is_rotation_of("events.jsonl", name), "{name}");
+        }
+        for name in [
+            "events.jsonl",
+            "events.jsonl.2.gz",
+            "events.jsonl.",
+            "other.jsonl.1",
+            "events.jsonlx",
+            "events..jsonl",
+            "events.jsonl.1.zst",
+        ] {
+            assert!(!is_rotation_of("events.jsonl", name), "{name}");
+        }
+        assert!(is_rotation_of("bot.log", "bot.log.3"));
+        assert!(!is_rotation_of("bot", "bot"));
+        assert!(is_rotation_of("bot", "bot.1"));
+    }
+
+    #[test]
+    fn compressed_files_are_recognised() {
+        assert!(is_compressed_name(Path::new("/l/events.jsonl.2.gz")));
+        assert!(!is_compressed_name(Path::new("/l/events.jsonl.1")));
+        assert!(has_compressed_magic(&[0x1f, 0x8b, 8]));
+        assert!(!has_compressed_magic(b"{\"a\":1}"));
+    }
+}

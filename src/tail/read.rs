@@ -1,0 +1,310 @@
+//! Reading: the new bytes of one tracked file become chunks in the queue.
+//!
+//! Input: an open file and the offset its lines were handed out to. Output:
+//! [`Chunk`]s of encoded rows, each naming the exact byte range it covers,
+//! pushed into the bounded queue (which blocks when full: invariant 1).
+//! Lines that cannot be rows go to the quarantine with file, offset and
+//! reason; their bytes still count as covered (invariant 4). Each chunk's
+//! buffers are copied out at their exact length, so a few rows never pin a
+//! whole read-sized allocation while they wait in the queue.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::lines::{self, Piece};
+use super::paths::{has_compressed_magic, line_body};
+use super::{Tracked, lock};
+use crate::identity::{FileId, Identity};
+use crate::parse::{self, LineMeta, Reject};
+use crate::quarantine::Quarantine;
+use crate::queue::{Cancelled, Chunk, Queue, RowMark};
+use crate::stats::Stats;
+
+/// A chunk is handed to the queue once its encoded rows reach this size, or
+/// this many rows (or `batch.max_rows`, if smaller).
+pub(super) const CHUNK_BYTES: usize = 128 << 10;
+pub(super) const CHUNK_ROWS: usize = 4096;
+
+/// Turns lines into rows, and rejected lines into quarantine records.
+pub(crate) struct LineEncoder<'a> {
+    enc: &'a parse::Encoder,
+    /// The JSON strings of the metadata: host, read time, path.
+    host: &'a str,
+    now: String,
+    path: String,
+    /// `None` when re-reading for a replay: those lines were quarantined
+    /// the first time.
+    quarantine: Option<&'a Mutex<Quarantine>>,
+    stats: &'a Stats,
+    max_line: usize,
+}
+
+/// What the read loop needs besides the file itself.
+pub(super) struct Sink<'a> {
+    pub(super) enc: LineEncoder<'a>,
+    pub(super) route: u16,
+    pub(super) queue: &'a Queue,
+    pub(super) cancel: &'a AtomicBool,
+    pub(super) chunk_rows: usize,
+}
+
+pub(super) enum ReadError {
+    Cancelled,
+    Io(std::io::Error),
+}
+
+/// Builds one chunk of a file's consecutive lines. One builder is reused
+/// for every read: a finished chunk gets copies of its buffers at their
+/// exact length, so what waits in the queue is what the queue counts.
+pub(crate) struct ChunkBuilder {
+    start: u64,
+    pub(crate) end: u64,
+    rows: Vec<RowMark>,
+    data: Vec<u8>,
+    times: Vec<i64>,
+}
+
+/// Where a chunk's lines come from.
+pub(crate) struct Origin<'a> {
+    pub(crate) route: u16,
+    pub(crate) file: FileId,
+    pub(crate) identity: Identity,
+    pub(crate) path: &'a Arc<Path>,
+    pub(crate) handle: &'a Arc<File>,
+}
+
+impl ChunkBuilder {
+    pub(crate) fn new(at: u64) -> Self {
+        ChunkBuilder {
+            start: at,
+            end: at,
+            rows: Vec::new(),
+            data: Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 2)),
+            times: Vec::new(),
+        }
+    }
+
+    /// Starts a new chunk at `at`, keeping the buffers (a buffer grown far
+    /// past a chunk's size by one long line is given back).
+    pub(crate) fn reset(&mut self, at: u64) {
+        self.start = at;
+        self.end = at;
+        self.rows.clear();
+        self.times.clear();
+        self.data.clear();
+        if self.data.capacity() > 4 * CHUNK_BYTES {
+            self.data = Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 2));
+        }
+        if self.rows.capacity() > 4 * CHUNK_ROWS {
+            self.rows = Vec::new();
+            self.times = Vec::new();
+        }
+    }
+
+    /// The lines built so far, as a chunk; the builder goes on after them.
+    pub(crate) fn take_chunk(&mut self, origin: &Origin<'_>) -> Option<Chunk> {
+        if self.end == self.start {
+            return None;
+        }
+        let chunk = Chunk {
+            route: origin.route,
+            file: origin.file,
+            identity: origin.identity,
+            path: origin.path.clone(),
+            handle: origin.handle.clone(),
+            start: self.start,
+            end: self.end,
+            rows: self.rows.to_vec(),
+            times: self.times.to_vec(),
+            data: Bytes::copy_from_slice(&self.data),
+            held: None,
+        };
+        self.reset(self.end);
+        Some(chunk)
+    }
+}
+
+pub(super) fn read_file(
+    t: &mut Tracked,
+    sink: &Sink<'_>,
+    buf: &mut [u8],
+    builder: &mut ChunkBuilder,
+) -> Result<bool, ReadError> {
+    builder.reset(t.splitter.emitted_offset());
+    let origin = Origin {
+        route: sink.route,
+        file: t.id,
+        identity: t.identity,
+        path: &t.path,
+        handle: &t.file,
+    };
+    let mut budget = buf.len() * 8;
+    let mut progress = false;
+    loop {
+        let at = t.splitter.fed_offset();
+        let n = t.file.read_at(buf, at).map_err(ReadError::Io)?;
+        if n == 0 {
+            break;
+        }
+        if at == 0 && has_compressed_magic(&buf[..n]) {
+            tracing::warn!(path = %t.path.display(), "file matched by a source is compressed; skipping it (point the glob at uncompressed files only)");
+            t.compressed = true;
+            return Ok(false);
+        }
+        progress = true;
+        sink.enc
+            .stats
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+        t.splitter.feed(&buf[..n]);
+        while let Some(piece) = t.splitter.next_piece() {
+            let end = piece.end();
+            sink.enc.piece(piece, origin.path, builder);
+            builder.end = end;
+            if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
+                && let Some(c) = builder.take_chunk(&origin)
+            {
+                sink.queue
+                    .push(c, sink.cancel)
+                    .map_err(|_| ReadError::Cancelled)?;
+            }
+        }
+        budget = budget.saturating_sub(n);
+        if budget == 0 {
+            break;
+        }
+    }
+    if let Some(c) = builder.take_chunk(&origin) {
+        sink.queue
+            .push(c, sink.cancel)
+            .map_err(|_| ReadError::Cancelled)?;
+    }
+    Ok(progress)
+}
+
+impl<'a> LineEncoder<'a> {
+    pub(crate) fn new(
+        enc: &'a parse::Encoder,
+        host: &'a str,
+        path: &Path,
+        quarantine: Option<&'a Mutex<Quarantine>>,
+        stats: &'a Stats,
+        max_line: usize,
+    ) -> LineEncoder<'a> {
+        // The metadata's JSON text, made once per read, and only if a
+        // column takes it.
+        let (now, path) = if enc.uses_metadata() {
+            let now = parse::time::format_utc(parse::time::now());
+            (
+                LineMeta::json(&now),
+                LineMeta::json(&path.to_string_lossy()),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        LineEncoder {
+            enc,
+            host,
+            now,
+            path,
+            quarantine,
+            stats,
+            max_line,
+        }
+    }
+
+    pub(crate) fn piece(&self, piece: Piece<'_>, path: &Path, b: &mut ChunkBuilder) {
+        self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
+        match piece {
+            Piece::Line { start, line } => {
+                let Some(line) = line_body(line, start) else {
+                    return;
+                };
+                let meta = LineMeta {
+                    path: &self.path,
+                    offset: start,
+                    host: self.host,
+                    ingest_time: &self.now,
+                };
+                match self.enc.encode_line(line, &meta, &mut b.data) {
+                    Ok(done) => {
+                        if done.ignored > 0 {
+                            self.stats
+                                .keys_ignored
+                                .fetch_add(u64::from(done.ignored), Ordering::Relaxed);
+                        }
+                        b.times.extend(done.time_ms);
+                        b.rows.push(RowMark {
+                            offset: start,
+                            end: b.data.len() as u32,
+                        });
+                        self.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(reject) => self.reject(path, start, &reject, line, false),
+                }
+            }
+            Piece::TooLong { start, len, head } => {
+                let reject = Reject::TooLong {
+                    len,
+                    max: self.max_line,
+                };
+                self.reject(path, start, &reject, head, true);
+            }
+        }
+    }
+
+    pub(super) fn reject(
+        &self,
+        path: &Path,
+        offset: u64,
+        reason: &Reject,
+        line: &[u8],
+        truncated: bool,
+    ) {
+        if let Some(q) = self.quarantine {
+            lock(q).put(path, offset, reason, line, truncated);
+        }
+    }
+}
+
+/// Quarantines the unterminated last line of a released file and commits
+/// past it through an empty chunk, so its offset still advances in order.
+pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
+    let start = t.splitter.emitted_offset();
+    let end = t.splitter.fed_offset();
+    let mut head = vec![0u8; (end - start).min(lines::TOO_LONG_HEAD as u64) as usize];
+    let n = t.file.read_at(&mut head, start).unwrap_or(0);
+    head.truncate(n);
+    let reject = Reject::InvalidJson("incomplete last line (no newline) in a rotated file".into());
+    sink.enc
+        .reject(&t.path, start, &reject, &head, n as u64 != end - start);
+    let chunk = Chunk {
+        route: sink.route,
+        file: t.id,
+        identity: t.identity,
+        path: t.path.clone(),
+        handle: t.file.clone(),
+        start,
+        end,
+        rows: Vec::new(),
+        data: Bytes::new(),
+        times: Vec::new(),
+        held: None,
+    };
+    sink.queue.push(chunk, sink.cancel)
+}
+
+/// This machine's host name, for the host metadata column.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,303 @@
+//! Resuming: which checkpoint, if any, a file found on disk continues.
+//!
+//! A file is matched to its checkpoint by identity (invariant 5): the same
+//! inode with the same first bytes resumes at its committed offset; a copy
+//! of a known file (copytruncate) resumes where reading of the original
+//! stopped; anything else is new and read from 0. At start-up, checkpointed
+//! files that were rotated out of the globs while chtail was down are found
+//! again by identity in the sources' directories.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::lines::LineSplitter;
+use super::paths::{is_compressed_name, is_rotation_of, literal_dir, source_near};
+use super::{Tailer, Tracked, lock};
+use crate::identity::{FileId, Identity};
+
+/// While running, only rotations written this recently are looked for:
+/// older ones were seen when they were written, or are long since read.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Tailer {
+    /// Starts tracking an open file, resuming at its checkpoint if one
+    /// matches its identity.
+    pub(super) fn track(&mut self, file: File, path: &Path, detached: bool) {
+        let identity = match Identity::of(&file) {
+            Ok(i) => i,
+            Err(e) => return self.log_error(path, "cannot read a log file", &e),
+        };
+        if self.files.iter().any(|t| t.identity.same_inode(&identity)) {
+            return; // already read through another name
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        let mut cp = lock(&self.checkpoints);
+        // The same file, seen before: same inode, same first bytes. An
+        // entry taken while its file was empty proves nothing (the inode may
+        // have been freed and reused since): it only matches if nothing else
+        // does, and then the file is read from its start anyway.
+        let same_inode: Vec<(FileId, u64, u64)> = cp
+            .files()
+            .filter(|f| !tracked.contains(&f.id) && f.identity.same_inode(&identity))
+            .filter(|f| f.identity.same_content(&file).unwrap_or(false))
+            .map(|f| (f.id, f.offset, f.identity.fp_len))
+            .collect();
+        for (id, _, _) in same_inode.iter().filter(|(_, _, fp)| *fp == 0) {
+            cp.forget(*id);
+        }
+        let known = same_inode
+            .iter()
+            .filter(|(_, _, fp)| *fp > 0)
+            .max_by_key(|(id, _, _)| *id)
+            .map(|(id, offset, _)| (*id, *offset));
+        // A copy of a known file (copytruncate's rotated copy): another
+        // inode starting with the same bytes.
+        let copy_of = || {
+            cp.files()
+                .filter(|f| !f.identity.same_inode(&identity))
+                .filter(|f| f.identity.fp_len > 0 && f.identity.fp_len <= size)
+                .filter(|f| f.identity.same_content(&file).unwrap_or(false))
+                // At least one whole line in common: a line carries its
+                // event's time and data, two files do not share one by chance.
+                .filter(|f| prefix_has_newline(&file, f.identity.fp_len))
+                .max_by_key(|f| f.offset)
+                .map(|f| (f.id, f.offset, f.path.clone()))
+        };
+        let mut waiting_for = None;
+        // Where the file was known before: its source is that path's.
+        let mut prior: Option<PathBuf> =
+            known.and_then(|(id, _)| cp.get(id).map(|f| f.path.clone()));
+        let (id, read_from) = match known {
+            Some((id, offset)) if offset <= size => {
+                cp.set_path(id, path);
+                cp.set_released(id, detached);
+                (id, offset)
+            }
+            Some((id, offset)) => {
+                tracing::warn!(path = %path.display(), offset, size, "file is shorter than its checkpoint (truncated while chtail was down); reading it from the start");
+                cp.forget(id);
+                (cp.register(identity, path, 0), 0)
+            }
+            None => match copy_of() {
+                Some((original, committed, original_path)) => {
+                    let live = self.files.iter().any(|t| t.id == original);
+                    let read_from = match self.ghosts.get(&original) {
+                        // The original was truncated: resume where its
+                        // reading stopped.
+                        Some(&handed_out) => handed_out.max(committed),
+                        // The original still holds these bytes and may read
+                        // more of them before it is truncated: wait for that.
+                        None if live => {
+                            waiting_for = Some(original);
+                            committed
+                        }
+                        // Known from the checkpoint only (start-up).
+                        None => committed,
+                    }
+                    .min(size);
+                    tracing::info!(path = %path.display(), original = %original_path.display(), offset = read_from, waiting = live, "file is a copy of one already read (copytruncate); reading only what was not read from the original");
+                    prior = Some(original_path);
+                    // The checkpoint starts at what is committed: a crash
+                    // re-sends rather than loses.
+                    (
+                        cp.register(identity, path, committed.min(read_from)),
+                        read_from,
+                    )
+                }
+                None => (cp.register(identity, path, 0), 0),
+            },
+        };
+        // Make sure the fingerprint on record describes what is there now.
+        cp.set_identity(id, identity);
+        drop(cp);
+        if read_from > 0 {
+            tracing::info!(id = id.0, path = %path.display(), offset = read_from, size, "resuming file");
+        } else {
+            tracing::info!(id = id.0, path = %path.display(), size, "tracking new file");
+        }
+        let source = source_near(&self.out.sources, prior.as_deref(), path);
+        self.files.push(Tracked {
+            id,
+            source,
+            path: Arc::from(path),
+            file: Arc::new(file),
+            identity,
+            splitter: LineSplitter::new(read_from, self.cfg.max_line_bytes),
+            detached,
+            idle_since: None,
+            compressed: false,
+            waiting_for,
+            floor: read_from,
+            verified: None,
+        });
+    }
+
+    /// Checkpoint entries that matched no file at start-up belong to files
+    /// that are gone: mark them released so they are pruned in time.
+    pub(super) fn release_unmatched(&mut self) {
+        let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        let mut cp = lock(&self.checkpoints);
+        let gone: Vec<FileId> = cp
+            .files()
+            .filter(|f| !tracked.contains(&f.id) && f.released_at.is_none())
+            .map(|f| f.id)
+            .collect();
+        for id in gone {
+            cp.set_released(id, true);
+        }
+    }
+
+    /// Rotations of a live file that chtail never saw: files in a live
+    /// file's directory named as its rotations ([`is_rotation_of`]), not
+    /// tracked, not known to the checkpoints with unread bytes, and written
+    /// after `rotations_since` (the last commit before this start; while
+    /// running, also within the last [`RECENT`]). At start-up these are the
+    /// files rotated while chtail was down, including ones born then; while
+    /// running, files a rotation hid from both the watcher and the poll.
+    /// They are read to their end, oldest first, then released.
+    pub(super) fn find_unseen_rotations(&mut self, startup: bool) {
+        let since = if startup {
+            self.rotations_since
+        } else {
+            let recent = std::time::SystemTime::now()
+                .checked_sub(RECENT)
+                .unwrap_or(self.rotations_since);
+            recent.max(self.rotations_since)
+        };
+        let mut lives: HashSet<(PathBuf, String)> = HashSet::new();
+        for t in self.files.iter().filter(|t| !t.detached) {
+            if let (Some(dir), Some(name)) = (t.path.parent(), t.path.file_name()) {
+                lives.insert((dir.to_owned(), name.to_string_lossy().into_owned()));
+            }
+        }
+        for p in &self.patterns {
+            let p = Path::new(p);
+            if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+                let name = name.to_string_lossy();
+                if !name.contains(['*', '?', '['])
+                    && !dir.to_string_lossy().contains(['*', '?', '['])
+                {
+                    lives.insert((dir.to_owned(), name.into_owned()));
+                }
+            }
+        }
+        let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        let mut dirs: Vec<&PathBuf> = lives.iter().map(|(d, _)| d).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    let dir = dir.clone();
+                    self.log_error(&dir, "cannot list a source directory", &e);
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let rotation = lives
+                    .iter()
+                    .any(|(d, live)| d == dir && is_rotation_of(live, &name));
+                if !rotation {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let key = (meta.dev(), meta.ino());
+                let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                if !meta.is_file()
+                    || written <= since
+                    || self.unsettled.contains_key(&key)
+                    || self
+                        .files
+                        .iter()
+                        .any(|t| (t.identity.dev, t.identity.ino) == key)
+                {
+                    continue;
+                }
+                found.push((written, path));
+            }
+        }
+        found.sort();
+        for (_, path) in found {
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let Ok(size) = file.metadata().map(|m| m.len()) else {
+                continue;
+            };
+            // Known and read to its end (released, or tracked before under
+            // this identity): nothing to do.
+            let done = lock(&self.checkpoints)
+                .files()
+                .any(|f| f.identity.is(&file) && f.offset >= size);
+            if done || self.matches(&path) {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "found a rotated file chtail had not read; reading it");
+            self.track(file, &path, true);
+        }
+    }
+
+    /// Checkpointed files that no glob matched at start-up may have been
+    /// rotated to a name outside the globs while chtail was down: look for
+    /// them by identity in the sources' directories, and finish them.
+    pub(super) fn find_moved_while_down(&mut self) {
+        let missing: Vec<_> = {
+            let cp = lock(&self.checkpoints);
+            let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+            cp.files()
+                .filter(|f| !tracked.contains(&f.id))
+                .map(|f| (f.id, f.identity, f.offset))
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let dirs: HashSet<PathBuf> = self.patterns.iter().map(|p| literal_dir(p)).collect();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if !meta.is_file() || is_compressed_name(&path) {
+                    continue;
+                }
+                let already = self
+                    .files
+                    .iter()
+                    .any(|t| (t.identity.dev, t.identity.ino) == (meta.dev(), meta.ino()));
+                let Some((_, identity, _)) = missing.iter().find(|(_, id, offset)| {
+                    id.dev == meta.dev() && id.ino == meta.ino() && *offset < meta.len()
+                }) else {
+                    continue;
+                };
+                if already {
+                    continue;
+                }
+                if let Ok(file) = File::open(&path)
+                    && identity.same_content(&file).unwrap_or(false)
+                {
+                    tracing::info!(path = %path.display(), "found a file rotated while chtail was down, with unread lines");
+                    self.track(file, &path, true);
+                }
+            }
+        }
+    }
+}
+
+fn prefix_has_newline(file: &File, len: u64) -> bool {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0).is_ok() && buf.contains(&b'\n')
+}
