@@ -176,6 +176,11 @@ impl Checkpoints {
         self.last_saved
     }
 
+    /// Records that the state was just written (the first, empty one).
+    pub fn mark_saved(&mut self) {
+        self.last_saved = Some(SystemTime::now());
+    }
+
     pub fn files(&self) -> impl Iterator<Item = &FileState> {
         self.files.values()
     }

@@ -52,3 +52,5 @@ for i in range(count):
         if ahead > 0:
             time.sleep(ahead)
 handler.close()
+elapsed = time.monotonic() - start
+print("wrote %d events in %.2f s (%.0f events/s)" % (count, elapsed, count / max(elapsed, 1e-9)), flush=True)

@@ -583,6 +583,113 @@ pub fn bot(path: &Path, handler: &str, first: u64, count: u64, max_bytes: u64, r
         .expect("python3")
 }
 
+/// The bot's pace, for every rotation and delivery test that writes live.
+pub const BOT_RATE: u64 = 20_000;
+pub const BOT_SECS: u64 = 15;
+
+/// The bot writer at its own pace, its output kept to learn the rate it
+/// reached.
+pub struct Writer {
+    child: Child,
+    pub events: u64,
+}
+
+impl Writer {
+    /// `tests/support/bot.py` writing `count` events from `first` at `rate`.
+    pub fn start(
+        path: &Path,
+        handler: &str,
+        first: u64,
+        count: u64,
+        max_bytes: u64,
+        rate: u64,
+    ) -> Writer {
+        let child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/bot.py"))
+            .arg(path)
+            .args([
+                handler,
+                &first.to_string(),
+                &count.to_string(),
+                &max_bytes.to_string(),
+                &rate.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        Writer {
+            child,
+            events: count,
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the writer; returns the events per second it reached.
+    pub fn finish(self) -> f64 {
+        let out = self.child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the bot writer failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rate = text
+            .split('(')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in the writer's output: {text}"));
+        println!("writer: {}", text.trim());
+        rate
+    }
+}
+
+/// Tests that load the machine (a writer at the bot's pace) run one at a
+/// time, so that each gets the pace it asks for.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The peak resident memory of a running process so far (VmHWM), in KiB.
+/// Panics if it cannot be read: a test that cannot observe must not pass.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Waits until `table` holds all `n` distinct events (or `timeout` passed),
+/// then stops chtail, which drains whatever it read, and counts: after its
+/// exit nothing more can arrive. Returns (distinct events, duplicated
+/// rows). chtail must exit 0.
+pub fn finish(
+    ch: &ClickHouse,
+    table: &str,
+    n: u64,
+    chtail: &mut Chtail,
+    timeout: Duration,
+) -> (u64, u64) {
+    let deadline = Instant::now() + timeout;
+    while (seq_counts(ch, table).len() as u64) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = chtail.terminate(SHORT);
+    assert!(
+        status.success(),
+        "chtail exited with {status}; log:
+{}",
+        chtail.logs()
+    );
+    let seqs = seq_counts(ch, table);
+    let dups = seqs.values().map(|c| c - 1).sum();
+    (seqs.len() as u64, dups)
+}
+
 /// Seqs of the events in the table (decoded from `ts`), with how often each
 /// occurs.
 pub fn seq_counts(ch: &ClickHouse, table: &str) -> std::collections::HashMap<u64, u64> {
