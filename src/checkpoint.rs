@@ -30,6 +30,8 @@ pub const MANIFEST_FILE: &str = "inflight.json";
 const PREV_FILE: &str = "state.json.prev";
 const TMP_FILE: &str = "state.json.tmp";
 const VERSION: u32 = 1;
+/// How often [`Checkpoints::prune`] looks at the disk.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileState {
@@ -58,6 +60,12 @@ impl FileState {
 struct StateFile {
     version: u32,
     next_id: u64,
+    /// Unix seconds of the first start with this state directory: a
+    /// rotation written since then that chtail does not know was missed
+    /// (while down, or hidden by a fast rotation) and is read. Older state
+    /// files lack it; their own time stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watching_since: Option<u64>,
     files: Vec<FileState>,
 }
 
@@ -88,8 +96,10 @@ pub struct Checkpoints {
     files: BTreeMap<FileId, FileState>,
     /// Files were registered since the last snapshot.
     unsaved: bool,
-    /// When the state on disk was written last, as loaded.
-    last_saved: Option<SystemTime>,
+    /// See [`Checkpoints::watching_since`].
+    watching_since: u64,
+    /// When prune last looked at the disk.
+    last_prune: Option<std::time::Instant>,
 }
 
 /// How the state was loaded, for the start-up log.
@@ -145,16 +155,19 @@ impl Checkpoints {
             },
         };
         let files = state.files.into_iter().map(|f| (f.id, f)).collect();
-        let last_saved = [STATE_FILE, PREV_FILE]
+        let saved_at = [STATE_FILE, PREV_FILE]
             .iter()
             .filter_map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
-            .max();
+            .filter_map(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .min();
         Ok((
             Checkpoints {
                 next_id: state.next_id,
                 files,
                 unsaved: false,
-                last_saved,
+                watching_since: state.watching_since.or(saved_at).unwrap_or_else(now_unix),
+                last_prune: None,
             },
             loaded,
         ))
@@ -170,15 +183,10 @@ impl Checkpoints {
         }
     }
 
-    /// When the state that was loaded had been written: the last commit
-    /// before this start. `None` for a fresh state.
-    pub fn last_saved(&self) -> Option<SystemTime> {
-        self.last_saved
-    }
-
-    /// Records that the state was just written (the first, empty one).
-    pub fn mark_saved(&mut self) {
-        self.last_saved = Some(SystemTime::now());
+    /// Since when chtail has watched with this state: rotations written
+    /// since then that it does not know are read (README, "Rotation").
+    pub fn watching_since(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(self.watching_since)
     }
 
     pub fn files(&self) -> impl Iterator<Item = &FileState> {
@@ -240,16 +248,44 @@ impl Checkpoints {
         self.files.remove(&id);
     }
 
-    /// Drops entries of files released more than `older_than_secs` ago that
-    /// are gone or fully committed: they can no longer be needed to resume.
+    /// Drops entries of files released more than `older_than_secs` ago
+    /// that are gone from disk: they can no longer be needed to resume, nor
+    /// to know the file as read. A released file still on disk keeps its
+    /// entry, so that it is never taken for an unread rotation. Looks at the
+    /// disk at most every [`PRUNE_EVERY`].
     pub fn prune(&mut self, older_than_secs: u64) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(std::time::Instant::now());
         let now = now_unix();
-        self.files.retain(|_, f| match f.released_at {
-            Some(t) if now.saturating_sub(t) >= older_than_secs => {
-                f.current_size().is_some_and(|size| f.offset < size)
+        let old: Vec<FileId> = self
+            .files
+            .values()
+            .filter(|f| {
+                f.released_at
+                    .is_some_and(|t| now.saturating_sub(t) >= older_than_secs)
+            })
+            .map(|f| f.id)
+            .collect();
+        let mut listed: std::collections::HashMap<PathBuf, Vec<PathBuf>> = Default::default();
+        for id in old {
+            let Some(f) = self.files.get(&id) else {
+                continue;
+            };
+            let on_disk = f.current_size().is_some() || {
+                let dir = f.path.parent().map(Path::to_owned).unwrap_or_default();
+                let names = listed.entry(dir.clone()).or_insert_with(|| {
+                    fs::read_dir(&dir)
+                        .map(|d| d.flatten().map(|e| e.path()).collect())
+                        .unwrap_or_default()
+                });
+                names.iter().any(|p| f.identity.open_at(p).is_some())
+            };
+            if !on_disk {
+                self.files.remove(&id);
             }
-            _ => true,
-        });
+        }
     }
 
     /// Whether files were registered since the last call: the state on disk
@@ -263,6 +299,7 @@ impl Checkpoints {
         let state = StateFile {
             version: VERSION,
             next_id: self.next_id,
+            watching_since: Some(self.watching_since),
             files: self.files.values().cloned().collect(),
         };
         let mut out = serde_json::to_vec_pretty(&state).unwrap_or_default();
@@ -434,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn released_entries_are_pruned_once_gone_or_fully_committed() {
+    fn released_entries_are_pruned_once_gone_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             let p = dir.path().join(name);
@@ -442,21 +479,28 @@ mod tests {
             (p.clone(), Identity::of(&File::open(&p).unwrap()).unwrap())
         };
         let (done_path, done_id) = write("done.log", "{\"a\":1}\n");
-        let (unread_path, unread_id) = write("unread.log", "{\"a\":1}\n{\"a\":2}\n");
+        let (moved_path, moved_id) = write("moved.log", "{\"a\":1}\n{\"a\":2}\n");
+        let (deleted_path, deleted_id) = write("deleted.log", "{\"a\":4}\n");
         let (live_path, live_id) = write("live.log", "{\"a\":3}\n");
         let mut c = Checkpoints::default();
         let done = c.register(done_id, &done_path, 8);
         let gone = c.register(id(99), Path::new("/nonexistent/gone.log"), 5);
-        let unread = c.register(unread_id, &unread_path, 8);
+        let moved = c.register(moved_id, &moved_path, 16);
+        let deleted = c.register(deleted_id, &deleted_path, 8);
         let live = c.register(live_id, &live_path, 0);
-        for f in [done, gone, unread] {
+        for f in [done, gone, moved, deleted] {
             c.set_released(f, true);
         }
+        fs::rename(&moved_path, dir.path().join("moved.log.1")).unwrap();
+        fs::remove_file(&deleted_path).unwrap();
         c.prune(3600);
-        assert_eq!(c.files().count(), 4, "nothing is pruned before its time");
+        assert_eq!(c.files().count(), 5, "nothing is pruned before its time");
+        c.last_prune = None;
         c.prune(0);
         let left: Vec<FileId> = c.files().map(|f| f.id).collect();
-        assert_eq!(left, vec![unread, live]);
+        // A read file still on disk, under any name, stays known: it must
+        // never be taken for an unread rotation.
+        assert_eq!(left, vec![done, moved, live]);
     }
 
     impl Checkpoints {

@@ -134,7 +134,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     let stats = svc.stats.clone();
     let state_dir = config.state.dir.clone();
     let _lock = lock_state_dir(&state_dir)?;
-    let (mut checkpoints, loaded) = match Checkpoints::load(&state_dir) {
+    let (checkpoints, loaded) = match Checkpoints::load(&state_dir) {
         Ok(c) => c,
         Err(e @ StateError::Corrupt { .. }) => {
             tracing::error!("{e}");
@@ -145,12 +145,11 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     match &loaded {
         Loaded::Fresh => {
             tracing::info!(dir = %state_dir.display(), "no state yet; every matching file is read from its start");
-            // An empty state on disk from the first moment: the time it was
-            // written is when chtail began to watch, so that files rotated
-            // away before a first commit are still read after a restart.
+            // The state on disk from the first moment, with the time chtail
+            // began to watch: files rotated away before a first commit are
+            // still read after a restart.
             checkpoint::save(&state_dir, &checkpoints.snapshot())
                 .with_context(|| format!("writing the first state in {}", state_dir.display()))?;
-            checkpoints.mark_saved();
         }
         Loaded::Current => {
             tracing::info!(dir = %state_dir.display(), files = checkpoints.files().count(), "state loaded")

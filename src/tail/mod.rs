@@ -49,12 +49,15 @@ use lines::LineSplitter;
 pub(crate) use lines::LineSplitter as Splitter;
 pub(crate) use paths::literal_dir;
 pub use paths::{has_compressed_magic, is_compressed_name, line_body, source_near};
-use read::{CHUNK_ROWS, ReadError, Sink, flush_incomplete, read_file};
+use read::{CHUNK_ROWS, ReadError, Sink, commit_past, flush_incomplete, read_file};
 pub(crate) use read::{ChunkBuilder, LineEncoder, Origin, host_name};
 
 /// A renamed-away file that has not grown for this long, read to its end,
 /// is released.
 const RELEASE_IDLE: Duration = Duration::from_secs(10);
+/// How long a file must stay detached before it is released (unless it
+/// was deleted).
+const DETACH_SETTLE: Duration = Duration::from_secs(2);
 /// Errors about one path are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// A new file shorter than a full fingerprint is judged (new file, or a
@@ -126,6 +129,10 @@ struct Tracked {
     splitter: LineSplitter,
     /// No source matches it any more: read it to its end, then release it.
     detached: bool,
+    /// Since when it has been detached: a listing that missed a file being
+    /// renamed at that instant (readdir may) detaches it only for a moment,
+    /// so a file is released only once it has stayed detached a while.
+    detached_at: Option<Instant>,
     /// Since when reads found nothing new.
     idle_since: Option<Instant>,
     /// A compressed file matched by a glob: never read as text.
@@ -136,6 +143,11 @@ struct Tracked {
     /// Where a copy was positioned: until it is written past this offset,
     /// being shorter means "still being copied", not "truncated".
     floor: u64,
+    /// A copy whose reading begins past its committed offset: the bytes
+    /// before this one went out as its original's, and an empty chunk
+    /// commits past them in order, so that the copy is never taken for
+    /// unread even if it yields no line of its own.
+    skip_to: Option<u64>,
     /// When the first bytes were last checked against the fingerprint.
     verified: Option<Instant>,
 }
@@ -213,8 +225,8 @@ pub struct Tailer {
     ghosts: HashMap<FileId, u64>,
     /// New small files not judged yet, by device and inode.
     unsettled: HashMap<(u64, u64), Unsettled>,
-    /// Rotations written after this time that chtail never saw are read
-    /// (see `resume::find_unseen_rotations`).
+    /// Rotations written after this time (the first start with this state)
+    /// that chtail does not know are read (`resume::find_unseen_rotations`).
     rotations_since: std::time::SystemTime,
     last_rotation_scan: Option<Instant>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -241,11 +253,7 @@ impl Tailer {
             fresh: Arc::default(),
         };
         let patterns: Vec<String> = sources.iter().flat_map(|s| s.patterns.clone()).collect();
-        // Rotations written since the last commit before this start are
-        // looked for; with no state yet, only those written from now on.
-        let rotations_since = lock(&checkpoints)
-            .last_saved()
-            .unwrap_or_else(std::time::SystemTime::now);
+        let rotations_since = lock(&checkpoints).watching_since();
         let watcher = paths::watch(&patterns, control.clone());
         Tailer {
             patterns,
@@ -387,6 +395,7 @@ impl Tailer {
                 }
                 if t.detached {
                     t.detached = false;
+                    t.detached_at = None;
                     lock(&self.checkpoints).set_released(t.id, false);
                 }
                 continue;
@@ -405,6 +414,7 @@ impl Tailer {
             if !t.detached && !seen.contains(&(t.identity.dev, t.identity.ino)) {
                 tracing::info!(id = t.id.0, path = %t.path.display(), "file no longer matches a source (rotated or deleted); reading it to its end");
                 t.detached = true;
+                t.detached_at = Some(Instant::now());
             }
         }
         if startup {
@@ -417,7 +427,7 @@ impl Tailer {
             .is_none_or(|t| t.elapsed() >= self.cfg.poll_interval * ROTATION_SCAN_POLLS);
         if due {
             self.last_rotation_scan = Some(Instant::now());
-            self.find_unseen_rotations(startup);
+            self.find_unseen_rotations();
         }
     }
 
@@ -512,6 +522,7 @@ impl Tailer {
                     t.splitter = LineSplitter::new(from, self.cfg.max_line_bytes);
                     t.floor = from;
                     t.waiting_for = None;
+                    t.skip_to = Some(from);
                 }
                 None => return Ok(false),
             }
@@ -525,6 +536,10 @@ impl Tailer {
                 return Ok(false);
             }
         };
+        if let Some(to) = t.skip_to.take() {
+            commit_past(t, &self.out.sink(t), to.min(size))?;
+        }
+        let t = &mut self.files[i];
         let fed = t.splitter.fed_offset();
         let shrunk = size < fed && !(fed == t.floor && size < t.floor);
         // Rewritten in place without shrinking below the offset: the first
@@ -600,11 +615,15 @@ impl Tailer {
         let mut i = 0;
         while i < self.files.len() {
             let t = &self.files[i];
+            if !t.detached {
+                i += 1;
+                continue;
+            }
             let idle = t.idle_since.map(|s| s.elapsed());
             let deleted = t.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
-            let done = t.detached
-                && idle.is_some()
-                && (deleted || idle >= Some(RELEASE_IDLE) || t.compressed);
+            let settled = t.detached_at.is_some_and(|d| d.elapsed() >= DETACH_SETTLE);
+            let done = idle.is_some()
+                && (deleted || (settled && (idle >= Some(RELEASE_IDLE) || t.compressed)));
             if !done {
                 i += 1;
                 continue;

@@ -299,6 +299,26 @@ pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cance
     sink.queue.push(chunk, sink.cancel)
 }
 
+/// Commits a file past `end` without rows of its own, in order behind the
+/// chunks already queued (a copy whose first bytes went out as its
+/// original's).
+pub(super) fn commit_past(t: &Tracked, sink: &Sink<'_>, end: u64) -> Result<(), Cancelled> {
+    let chunk = Chunk {
+        route: sink.route,
+        file: t.id,
+        identity: t.identity,
+        path: t.path.clone(),
+        handle: t.file.clone(),
+        start: end,
+        end,
+        rows: Vec::new(),
+        data: Bytes::new(),
+        times: Vec::new(),
+        held: None,
+    };
+    sink.queue.push(chunk, sink.cancel)
+}
+
 /// This machine's host name, for the host metadata column.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

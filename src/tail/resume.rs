@@ -18,10 +18,6 @@ use super::paths::{is_compressed_name, is_rotation_of, literal_dir, source_near}
 use super::{Tailer, Tracked, lock};
 use crate::identity::{FileId, Identity};
 
-/// While running, only rotations written this recently are looked for:
-/// older ones were seen when they were written, or are long since read.
-const RECENT: std::time::Duration = std::time::Duration::from_secs(600);
-
 impl Tailer {
     /// Starts tracking an open file, resuming at its checkpoint if one
     /// matches its identity.
@@ -68,6 +64,7 @@ impl Tailer {
                 .map(|f| (f.id, f.offset, f.path.clone()))
         };
         let mut waiting_for = None;
+        let mut skip_to = None;
         // Where the file was known before: its source is that path's.
         let mut prior: Option<PathBuf> =
             known.and_then(|(id, _)| cp.get(id).map(|f| f.path.clone()));
@@ -101,6 +98,9 @@ impl Tailer {
                     .min(size);
                     tracing::info!(path = %path.display(), original = %original_path.display(), offset = read_from, waiting = live, "file is a copy of one already read (copytruncate); reading only what was not read from the original");
                     prior = Some(original_path);
+                    if read_from > committed {
+                        skip_to = Some(read_from);
+                    }
                     // The checkpoint starts at what is committed: a crash
                     // re-sends rather than loses.
                     (
@@ -128,10 +128,12 @@ impl Tailer {
             identity,
             splitter: LineSplitter::new(read_from, self.cfg.max_line_bytes),
             detached,
+            detached_at: detached.then(std::time::Instant::now),
             idle_since: None,
             compressed: false,
             waiting_for,
             floor: read_from,
+            skip_to,
             verified: None,
         });
     }
@@ -151,23 +153,17 @@ impl Tailer {
         }
     }
 
-    /// Rotations of a live file that chtail never saw: files in a live
+    /// Rotations of a live file that chtail does not know: files in a live
     /// file's directory named as its rotations ([`is_rotation_of`]), not
-    /// tracked, not known to the checkpoints with unread bytes, and written
-    /// after `rotations_since` (the last commit before this start; while
-    /// running, also within the last [`RECENT`]). At start-up these are the
-    /// files rotated while chtail was down, including ones born then; while
-    /// running, files a rotation hid from both the watcher and the poll.
+    /// tracked, written since chtail first watched with this state, and
+    /// either unknown to the checkpoints by identity or known with unread
+    /// bytes. At start-up these are the files rotated while chtail was down,
+    /// including ones born then; while running, files a rotation hid from
+    /// both the watcher and the poll. A file chtail has read stays known
+    /// while it is on disk (`Checkpoints::prune`), so nothing is read twice.
     /// They are read to their end, oldest first, then released.
-    pub(super) fn find_unseen_rotations(&mut self, startup: bool) {
-        let since = if startup {
-            self.rotations_since
-        } else {
-            let recent = std::time::SystemTime::now()
-                .checked_sub(RECENT)
-                .unwrap_or(self.rotations_since);
-            recent.max(self.rotations_since)
-        };
+    pub(super) fn find_unseen_rotations(&mut self) {
+        let since = self.rotations_since;
         let mut lives: HashSet<(PathBuf, String)> = HashSet::new();
         for t in self.files.iter().filter(|t| !t.detached) {
             if let (Some(dir), Some(name)) = (t.path.parent(), t.path.file_name()) {
@@ -213,7 +209,7 @@ impl Tailer {
                 let key = (meta.dev(), meta.ino());
                 let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 if !meta.is_file()
-                    || written <= since
+                    || written < since
                     || self.unsettled.contains_key(&key)
                     || self
                         .files
@@ -222,25 +218,27 @@ impl Tailer {
                 {
                     continue;
                 }
-                found.push((written, path));
+                // Known to the checkpoints and read to its end: the usual
+                // case for a released rotation, told by inode without I/O
+                // and then confirmed by content.
+                let read = lock(&self.checkpoints).files().any(|f| {
+                    (f.identity.dev, f.identity.ino) == key
+                        && f.offset >= meta.len()
+                        && f.identity.open_at(&path).is_some()
+                });
+                if !read {
+                    found.push((written, path));
+                }
             }
         }
         found.sort();
         for (_, path) in found {
+            if self.matches(&path) {
+                continue;
+            }
             let Ok(file) = File::open(&path) else {
                 continue;
             };
-            let Ok(size) = file.metadata().map(|m| m.len()) else {
-                continue;
-            };
-            // Known and read to its end (released, or tracked before under
-            // this identity): nothing to do.
-            let done = lock(&self.checkpoints)
-                .files()
-                .any(|f| f.identity.is(&file) && f.offset >= size);
-            if done || self.matches(&path) {
-                continue;
-            }
             tracing::info!(path = %path.display(), "found a rotated file chtail had not read; reading it");
             self.track(file, &path, true);
         }

@@ -1,7 +1,8 @@
 """A bot's event writer, as the tests need it: Python's own logging handlers.
 
 usage: bot.py PATH HANDLER FIRST COUNT [MAX_BYTES] [RATE]
-  HANDLER: rotating (RotatingFileHandler), timed (TimedRotatingFileHandler,
+  HANDLER: rotating (RotatingFileHandler), rotating20 (the same, keeping
+           20 backups), timed (TimedRotatingFileHandler,
            every second), watched (WatchedFileHandler, for logrotate create),
            plain (FileHandler, for logrotate copytruncate)
   FIRST, COUNT: the events' sequence numbers (unique per event, in `ts`)
@@ -20,6 +21,8 @@ rate = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 
 if kind == "rotating":
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=100000)
+elif kind == "rotating20":
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=20)
 elif kind == "timed":
     handler = logging.handlers.TimedRotatingFileHandler(path, when="S", interval=1, backupCount=100000)
 elif kind == "watched":
