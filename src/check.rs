@@ -33,13 +33,63 @@ pub async fn check(config: &Config) -> usize {
 
     // Sources.
     for pattern in config.sources.iter().flat_map(|s| &s.paths) {
-        let paths: Vec<_> = match glob::glob(pattern) {
-            Ok(p) => p.flatten().filter(|p| p.is_file()).collect(),
+        let dir = tail::literal_dir(pattern);
+        if let Err(e) = std::fs::read_dir(&dir) {
+            bad(format!(
+                "source {pattern}: cannot list {}: {e}; chtail must be able to read the \
+                 directory (add its user to the directory's group, e.g. `usermod -aG <group> \
+                 chtail`, or set SupplementaryGroups= in a drop-in)",
+                dir.display()
+            ));
+            continue;
+        }
+        let mut paths = Vec::new();
+        match glob::glob(pattern) {
+            Ok(found) => {
+                for p in found {
+                    match p {
+                        Ok(p) if p.is_file() => paths.push(p),
+                        Ok(_) => {}
+                        Err(e) => bad(format!(
+                            "source {pattern}: cannot list {}: {}",
+                            e.path().display(),
+                            e.error()
+                        )),
+                    }
+                }
+            }
             Err(e) => {
                 bad(format!("source {pattern}: {e}"));
                 continue;
             }
         };
+        for (live, rotations) in tail::rotations_of_pattern(pattern) {
+            if rotations.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = rotations
+                .iter()
+                .rev()
+                .take(5)
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            println!(
+                "note     source {pattern}: {} file(s) are rotations of {} (read if chtail did not see them): {}{}",
+                rotations.len(),
+                live.display(),
+                names.join(", "),
+                if rotations.len() > names.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+        }
         if paths.is_empty() {
             println!(
                 "note     source {pattern}: no file matches yet (files that appear later are picked up)"

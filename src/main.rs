@@ -124,6 +124,7 @@ fn main() -> ExitCode {
                         println!("chtail is not running; offsets as last committed");
                     }
                     chtail::status::print_table(&rows);
+                    chtail::status::print_rotations(&config);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

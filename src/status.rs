@@ -52,6 +52,28 @@ fn status_of(f: &FileState) -> FileStatus {
     }
 }
 
+/// Prints, per source pattern, the files it treats as rotations of its
+/// live files (README, "Rotation").
+pub fn print_rotations(config: &Config) {
+    for pattern in config.sources.iter().flat_map(|s| &s.paths) {
+        for (live, rotations) in crate::tail::rotations_of_pattern(pattern) {
+            if rotations.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = rotations
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            println!("rotations of {}: {}", live.display(), names.join(" "));
+        }
+    }
+}
+
 pub fn print_table(rows: &[FileStatus]) {
     if rows.is_empty() {
         println!("no files tracked yet");

@@ -48,7 +48,9 @@ use crate::stats::Stats;
 use lines::LineSplitter;
 pub(crate) use lines::LineSplitter as Splitter;
 pub(crate) use paths::literal_dir;
-pub use paths::{has_compressed_magic, is_compressed_name, line_body, source_near};
+pub use paths::{
+    has_compressed_magic, is_compressed_name, line_body, rotations_of_pattern, source_near,
+};
 use read::{CHUNK_ROWS, ReadError, Sink, commit_past, flush_incomplete, read_file};
 pub(crate) use read::{ChunkBuilder, LineEncoder, Origin, host_name};
 

@@ -89,6 +89,47 @@ pub fn is_rotation_of(live: &str, name: &str) -> bool {
     after_live || inside
 }
 
+/// The files a glob pattern treats as rotations of its live files (see
+/// [`is_rotation_of`]), by live file, newest rotation last; for `check`
+/// and `status`. The live files are those the pattern matches, or the
+/// pattern itself when it has no wildcard.
+pub fn rotations_of_pattern(pattern: &str) -> Vec<(PathBuf, Vec<PathBuf>)> {
+    let mut lives: Vec<PathBuf> = glob::glob(pattern)
+        .map(|paths| paths.flatten().filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    if !pattern.contains(['*', '?', '[']) {
+        lives.push(PathBuf::from(pattern));
+    }
+    lives.sort();
+    lives.dedup();
+    // A file the glob matches is read as a source of its own, not as a
+    // rotation of another.
+    let matched: HashSet<PathBuf> = lives.iter().cloned().collect();
+    let mut out = Vec::new();
+    for live in lives {
+        let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
+            continue;
+        };
+        let name = name.to_string_lossy();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut rotations: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| is_rotation_of(&name, &e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .filter(|p| !matched.contains(p))
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok().filter(|m| m.is_file())?;
+                Some((m.modified().unwrap_or(std::time::UNIX_EPOCH), p))
+            })
+            .collect();
+        rotations.sort();
+        out.push((live, rotations.into_iter().map(|(_, p)| p).collect()));
+    }
+    out
+}
+
 /// The directory part of a glob before its first wildcard.
 pub(crate) fn literal_dir(pattern: &str) -> PathBuf {
     let mut dir = PathBuf::new();

@@ -229,6 +229,13 @@ fn files_born_and_rotated_while_chtail_is_down_are_all_read() {
         chtail.logs()
     );
     assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
+    // The operator can see which files the source treats as rotations.
+    let status = support::chtail_cmd(&["status"], &env.config);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("rotations of"), "{status}");
+    let check = support::chtail_cmd(&["check"], &env.config);
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("are rotations of"), "{check}");
 }
 
 /// chtail SIGKILLed at random moments while the bot writes and rotates at
