@@ -288,6 +288,12 @@ impl Checkpoints {
         }
     }
 
+    /// Registrations must still be written (a snapshot carrying them could
+    /// not be).
+    pub fn mark_unsaved(&mut self) {
+        self.unsaved = true;
+    }
+
     /// Whether files were registered since the last call: the state on disk
     /// must learn of them before a batch naming them is sent.
     pub fn take_unsaved(&mut self) -> bool {
@@ -365,6 +371,43 @@ fn write_atomic(
     before_rename()?;
     fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
+}
+
+/// Whether chtail can write its state, for `/ready`, the status line and
+/// `chtail_state_write_failures_total`. Written by the inserter, the one
+/// writer of the state on disk.
+#[derive(Debug, Default)]
+pub struct StateHealth {
+    failures: std::sync::atomic::AtomicU64,
+    /// The last error, while writes fail.
+    failing: std::sync::Mutex<Option<String>>,
+}
+
+impl StateHealth {
+    /// A write failed; true if this is the first failure of a run of them.
+    pub fn failed(&self, error: &str) -> bool {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().replace(error.to_string()).is_none()
+    }
+
+    /// A write succeeded; true if writes had been failing.
+    pub fn succeeded(&self) -> bool {
+        self.lock().take().is_some()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The error while the state cannot be written.
+    pub fn problem(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One chunk of a batch: bytes `start..end` of `file`.

@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch;
-use crate::checkpoint::{self, Checkpoints, Loaded, Manifest, StateError};
+use crate::checkpoint::{self, Checkpoints, Loaded, Manifest, StateError, StateHealth};
 use crate::clickhouse::{Backoff, Class, Delivery, Server};
 use crate::config::Config;
 use crate::health;
@@ -40,6 +40,9 @@ use crate::tail::{self, Tailer};
 
 /// Exit status for a state directory chtail cannot trust (sysexits' DATAERR).
 pub const EXIT_BAD_STATE: u8 = 65;
+/// Exit status of a stop while the state directory could not be written:
+/// what was inserted is not committed (sysexits' TEMPFAIL).
+pub const EXIT_UNCOMMITTED: u8 = 75;
 /// Exit status after a second signal.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -55,6 +58,8 @@ struct Service {
     signals: Signals,
     notifier: Arc<Notifier>,
     stats: Arc<Stats>,
+    /// Whether the state can be written (across reloads, like the counters).
+    state: Arc<StateHealth>,
     endpoint: Arc<Endpoint>,
     /// The metrics listener, and the address it listens on.
     listener: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
@@ -66,12 +71,14 @@ struct Service {
 /// invalid one is logged and the old config keeps running.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
     let stats = Arc::new(Stats::default());
+    let state = Arc::new(StateHealth::default());
     let mut service = Service {
         config_path,
         signals: Signals::new()?,
         notifier: Arc::new(Notifier::from_env()),
-        endpoint: Endpoint::new(stats.clone()),
+        endpoint: Endpoint::new(stats.clone(), state.clone()),
         stats,
+        state,
         listener: None,
     };
     let mut config = config;
@@ -205,6 +212,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         dedup_tokens: version.has_dedup_token(),
         checkpoints: checkpoints.clone(),
         state_dir: state_dir.clone(),
+        state: svc.state.clone(),
         quarantine: quarantine.clone(),
         stats: stats.clone(),
         give_up,
@@ -327,6 +335,18 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
             rows_left,
             "stopped with rows not yet inserted; they stay in the log files and are sent on the next start"
         ),
+        Outcome::Uncommitted {
+            inserted,
+            rows_left,
+            error,
+        } => {
+            tracing::error!(
+                inserted_not_committed = inserted,
+                rows_left,
+                "stopped while the state could not be written ({error}): {inserted} rows are in ClickHouse but not committed, and are sent again on the next start (under the same deduplication token); {rows_left} rows read were not sent and stay in the log files"
+            );
+            return Ok(End::Exit(EXIT_UNCOMMITTED));
+        }
     }
     Ok(end)
 }

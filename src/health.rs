@@ -93,10 +93,12 @@ pub(crate) async fn watch_health(
                     crate::stats::now_ms().saturating_sub(ms) / 1000
                 ),
             };
-            let ch = if stats.clickhouse_ok.load(Ordering::Relaxed) {
-                "ClickHouse up"
+            let ch = if let Some(why) = endpoint.state.problem() {
+                format!("STATE NOT WRITABLE, waiting: {why}")
+            } else if stats.clickhouse_ok.load(Ordering::Relaxed) {
+                "ClickHouse up".to_string()
             } else {
-                "ClickHouse DOWN, retrying"
+                "ClickHouse DOWN, retrying".to_string()
             };
             notifier.status(&format!(
                 "{rate:.0} rows/s, lag {} bytes, queue {} rows, {since}, {ch}{}",

@@ -4,12 +4,20 @@
 //! committed offsets in the [`Checkpoints`]. A batch is retried until the
 //! server acknowledges it (transient faults with capped, jittered backoff;
 //! operator faults slowly, loudly); only then do its offsets advance, so a
-//! checkpoint never passes an unacknowledged event (DESIGN.md §2.2). A batch
+//! checkpoint never passes an unacknowledged event (invariant 2). A batch
 //! the server rejects as bad data is split in halves until the bad rows are
 //! isolated; those go to the quarantine and the rest are inserted
-//! (DESIGN.md §2.4). The stage stops when its input channel closes. Once the
+//! (invariant 4). The stage stops when its input channel closes. Once the
 //! shutdown deadline has passed it starts no new attempt, but it never
 //! abandons an insert half-way.
+//!
+//! The inserter is the one writer of the state on disk, and it never runs
+//! ahead of it: no INSERT goes out before its manifest (and the files it
+//! names) is written, and no further batch before the checkpoint of the
+//! last one is. While the state directory cannot be written (disk full, a
+//! permission) it waits, retrying with backoff and saying so; the queue
+//! fills behind it and the tailer stops reading, so nothing is lost and
+//! memory stays flat.
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -20,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use twox_hash::XxHash64;
 
 use crate::batch::{self, Batch};
-use crate::checkpoint::{self, Checkpoints, ChunkRange, Manifest};
+use crate::checkpoint::{self, Checkpoints, ChunkRange, Manifest, StateHealth};
 use crate::clickhouse::{Backoff, Class, Failure, Server};
 use crate::parse::Reject;
 use crate::quarantine::Quarantine;
@@ -37,6 +45,8 @@ pub struct Inserter {
     pub dedup_tokens: bool,
     pub checkpoints: Arc<Mutex<Checkpoints>>,
     pub state_dir: PathBuf,
+    /// Whether the state can be written, for `/ready` and the status line.
+    pub state: Arc<StateHealth>,
     pub quarantine: Arc<Mutex<Quarantine>>,
     pub stats: Arc<Stats>,
     /// Becomes true when the shutdown deadline has passed.
@@ -45,6 +55,11 @@ pub struct Inserter {
     /// Inserts in a row that succeeded, for easing parts pressure.
     pub calm_inserts: u32,
 }
+
+/// The longest wait between two attempts to write the state.
+const PERSIST_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+/// A state directory that cannot be written is logged at most this often.
+const STATE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// ClickHouse's TOO_MANY_PARTS.
 const TOO_MANY_PARTS: u32 = 252;
@@ -57,6 +72,15 @@ pub enum Outcome {
     /// The shutdown deadline passed; this many rows stay in the log files,
     /// uncommitted, and are sent on the next start.
     GaveUp { rows_left: usize },
+    /// The shutdown deadline passed while the state could not be written:
+    /// `inserted` rows are in ClickHouse but not committed (they are sent
+    /// again on the next start, under the same token), `rows_left` were
+    /// not sent.
+    Uncommitted {
+        inserted: usize,
+        rows_left: usize,
+        error: String,
+    },
 }
 
 enum SendError {
@@ -69,16 +93,24 @@ impl Inserter {
         while let Some(batch) = input.recv().await {
             let token = batch::token(&batch);
             tracing::debug!(token, rows = batch.rows, ranges = ?batch.ranges(), "sending batch");
-            self.record(&batch, &token).await;
-            if !self.deliver(&batch, &token).await {
-                let mut rows_left = batch.rows;
+            let sent = self.record(&batch, &token).await && self.deliver(&batch, &token).await;
+            let inserted = if sent { batch.rows } else { 0 };
+            let committed = sent && self.commit(&batch).await;
+            if !committed {
+                let mut rows_left = batch.rows - inserted;
                 input.close();
                 while let Some(b) = input.recv().await {
                     rows_left += b.rows;
                 }
-                return Outcome::GaveUp { rows_left };
+                return match self.state.problem() {
+                    Some(error) => Outcome::Uncommitted {
+                        inserted,
+                        rows_left,
+                        error,
+                    },
+                    None => Outcome::GaveUp { rows_left },
+                };
             }
-            self.commit(&batch).await;
         }
         Outcome::Drained
     }
@@ -86,27 +118,75 @@ impl Inserter {
     /// Re-sends the batch a crash interrupted, under its recorded token,
     /// and commits it. False if the shutdown deadline stopped it first.
     pub async fn replay(&mut self, batch: &Batch, token: &str) -> bool {
-        if !self.deliver(batch, token).await {
-            return false;
-        }
-        self.commit(batch).await;
-        true
+        self.deliver(batch, token).await && self.commit(batch).await
     }
 
-    /// Records the batch's manifest before it is sent (DESIGN.md §2.3),
-    /// and, first, any file first seen since the last checkpoint: a
-    /// manifest must never name a file the state on disk does not know.
-    async fn record(&self, batch: &Batch, token: &str) {
+    /// Writes to the state directory with `write` until it succeeds. While
+    /// it fails, the error is logged once a minute (ERROR: nothing is
+    /// shipped until it is fixed), counted, and shown by `/ready` and the
+    /// status line. False if the shutdown deadline passed first.
+    async fn persist<F>(&self, what: &'static str, write: F) -> bool
+    where
+        F: Fn() -> std::io::Result<()> + Clone + Send + 'static,
+    {
+        let mut backoff = Backoff::new(self.retry.0, self.retry.1.min(PERSIST_MAX_BACKOFF));
+        let mut logged: Option<std::time::Instant> = None;
+        loop {
+            let attempt = write.clone();
+            let result = match tokio::task::spawn_blocking(attempt).await {
+                Ok(r) => r,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            match result {
+                Ok(()) => {
+                    if self.state.succeeded() {
+                        tracing::info!(dir = %self.state_dir.display(), "the state directory can be written again; shipping resumes");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    let first = self.state.failed(&format!("cannot write {what}: {e}"));
+                    if first || logged.is_none_or(|t| t.elapsed() >= STATE_LOG_EVERY) {
+                        logged = Some(std::time::Instant::now());
+                        tracing::error!(dir = %self.state_dir.display(), error = %e, "cannot write {what}; nothing more is sent until it can be written (retrying)");
+                    }
+                }
+            }
+            if *self.give_up.borrow() {
+                return false;
+            }
+            let delay = backoff.next_delay();
+            let mut give_up = self.give_up.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = give_up.wait_for(|g| *g) => {}
+            }
+        }
+    }
+
+    /// Records the batch's manifest before it is sent (invariant 3), and,
+    /// first, any file first seen since the last checkpoint: a manifest
+    /// must never name a file the state on disk does not know. False (and
+    /// nothing sent) if the shutdown deadline passed while the state
+    /// directory could not be written.
+    async fn record(&self, batch: &Batch, token: &str) -> bool {
         let unsaved = {
             let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
             cp.take_unsaved().then(|| cp.snapshot())
         };
         if let Some(snapshot) = unsaved {
             let dir = self.state_dir.clone();
-            match tokio::task::spawn_blocking(move || checkpoint::save(&dir, &snapshot)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot write the checkpoint"),
-                Err(e) => tracing::error!(error = %e, "checkpoint writer failed"),
+            let snapshot = Arc::new(snapshot);
+            let saved = self
+                .persist("the checkpoint", move || checkpoint::save(&dir, &snapshot))
+                .await;
+            if !saved {
+                // Registrations stay to be written with the next snapshot.
+                self.checkpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .mark_unsaved();
+                return false;
             }
         }
         let manifest = Manifest {
@@ -122,13 +202,11 @@ impl Inserter {
                 .collect(),
         };
         let dir = self.state_dir.clone();
-        match tokio::task::spawn_blocking(move || manifest.save(&dir)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot record the batch before sending it; after a crash it may be sent twice")
-            }
-            Err(e) => tracing::error!(error = %e, "manifest writer failed"),
-        }
+        let manifest = Arc::new(manifest);
+        self.persist("the batch's manifest (inflight.json)", move || {
+            manifest.save(&dir)
+        })
+        .await
     }
 
     /// Inserts every row of `batch` or quarantines it; false if the
@@ -177,14 +255,26 @@ impl Inserter {
                     let chunk = &batch.chunks[c];
                     let offset = chunk.rows[r].offset;
                     let line = read_line_at(&chunk.handle, offset);
-                    let mut q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
-                    q.put(
-                        &chunk.path,
-                        offset,
-                        &Reject::Server(f.message),
-                        &line,
-                        false,
-                    );
+                    let reason = Reject::Server(f.message);
+                    // The row is skipped only once its record is written.
+                    loop {
+                        let put = self
+                            .quarantine
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .put(&chunk.path, offset, &reason, &line, false);
+                        if put.is_ok() {
+                            break;
+                        }
+                        if *self.give_up.borrow() {
+                            return false;
+                        }
+                        let mut give_up = self.give_up.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            _ = give_up.wait_for(|g| *g) => {}
+                        }
+                    }
                 }
                 Err(SendError::Bad(_)) => {
                     let mid = a + (b - a) / 2;
@@ -303,8 +393,9 @@ impl Inserter {
         }
     }
 
-    /// Advances and persists the offsets the batch covered.
-    async fn commit(&mut self, batch: &Batch) {
+    /// Advances and persists the offsets the batch covered. False if the
+    /// shutdown deadline passed while the state could not be written.
+    async fn commit(&mut self, batch: &Batch) -> bool {
         // The delay from each event's own time to its acknowledgement.
         let now = crate::stats::now_ms() as i64;
         self.stats.delay.observe_all_ms(
@@ -322,14 +413,9 @@ impl Inserter {
             cp.snapshot()
         };
         let dir = self.state_dir.clone();
-        let saved = tokio::task::spawn_blocking(move || checkpoint::save(&dir, &snapshot)).await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(dir = %self.state_dir.display(), error = %e, "cannot write the checkpoint; rows already inserted may be sent again after a restart")
-            }
-            Err(e) => tracing::error!(error = %e, "checkpoint writer failed"),
-        }
+        let snapshot = Arc::new(snapshot);
+        self.persist("the checkpoint", move || checkpoint::save(&dir, &snapshot))
+            .await
     }
 }
 

@@ -14,13 +14,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::{Checkpoints, StateHealth};
 use crate::stats::{DELAY_BUCKETS, FAILURE_CLASSES, REJECT_KINDS, Stats, now_ms};
 use crate::status::{self, FileStatus};
 
 /// What the endpoint reports on.
 pub struct Endpoint {
     pub stats: Arc<Stats>,
+    /// Whether the state can be written.
+    pub state: Arc<StateHealth>,
     checkpoints: RwLock<Option<Arc<Mutex<Checkpoints>>>>,
     ready_max_lag: AtomicU64,
     /// A stage that looks stuck, for `/health` (set by the watchdog check).
@@ -28,9 +30,10 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(stats: Arc<Stats>) -> Arc<Endpoint> {
+    pub fn new(stats: Arc<Stats>, state: Arc<StateHealth>) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             stats,
+            state,
             checkpoints: RwLock::new(None),
             ready_max_lag: AtomicU64::new(u64::MAX),
             stuck: Mutex::new(None),
@@ -72,6 +75,11 @@ impl Endpoint {
         if self.checkpoints.read().map(|c| c.is_none()).unwrap_or(true) {
             return Err("not shipping yet (starting or reloading)".into());
         }
+        if let Some(why) = self.state.problem() {
+            return Err(format!(
+                "the state directory cannot be written ({why}); nothing is shipped until it can"
+            ));
+        }
         if !self.stats.clickhouse_ok.load(Ordering::Relaxed) {
             return Err("ClickHouse is not reachable (inserts are being retried)".into());
         }
@@ -108,6 +116,12 @@ impl Endpoint {
                 format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
                 1.0,
             )],
+        );
+        metric(
+            "state_write_failures_total",
+            "counter",
+            "Failed writes of the checkpoint or a batch's manifest (shipping waits until one succeeds).",
+            &one(self.state.failures()),
         );
         metric(
             "lines_read_total",
@@ -358,7 +372,7 @@ mod tests {
         stats.rows_inserted.store(990, Ordering::Relaxed);
         stats.count_reject("invalid_json");
         stats.delay.observe_ms(1500);
-        let e = Endpoint::new(stats);
+        let e = Endpoint::new(stats, Arc::default());
         let text = e.render();
         for want in [
             "chtail_rows_inserted_total 990",

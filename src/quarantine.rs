@@ -21,6 +21,8 @@ use crate::stats::Stats;
 pub const FILE_NAME: &str = "quarantine.jsonl";
 const MAX_BYTES: u64 = 64 << 20;
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A quarantine file that cannot be written is logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Quarantine {
     path: PathBuf,
@@ -28,6 +30,9 @@ pub struct Quarantine {
     size: u64,
     last_log: Option<Instant>,
     unlogged: u64,
+    /// Failed writes, and when the last one was logged.
+    write_failures: u64,
+    last_error: Option<Instant>,
     stats: std::sync::Arc<Stats>,
 }
 
@@ -54,14 +59,25 @@ impl Quarantine {
             size: 0,
             last_log: None,
             unlogged: 0,
+            write_failures: 0,
+            last_error: None,
             stats,
         }
     }
 
     /// Records one rejected line. `line` may be only the head of the line
-    /// (`truncated`), as for over-long lines.
-    pub fn put(&mut self, file: &Path, offset: u64, reason: &Reject, line: &[u8], truncated: bool) {
-        self.stats.count_reject(reason.kind());
+    /// (`truncated`), as for over-long lines. An error means the record was
+    /// not written: the caller waits and tries again rather than skip the
+    /// line without a record of it (invariant 4); the error is logged here,
+    /// at most once a minute.
+    pub fn put(
+        &mut self,
+        file: &Path,
+        offset: u64,
+        reason: &Reject,
+        line: &[u8],
+        truncated: bool,
+    ) -> std::io::Result<()> {
         let shown = file.to_string_lossy();
         let (text, b64) = match std::str::from_utf8(line) {
             Ok(s) => (Some(s), None),
@@ -80,9 +96,25 @@ impl Quarantine {
         let mut bytes = serde_json::to_vec(&record).unwrap_or_default();
         bytes.push(b'\n');
         if let Err(e) = self.write(&bytes) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot write to the quarantine file; the line stays in its log file");
+            self.write_failures += 1;
+            let now = Instant::now();
+            if self
+                .last_error
+                .is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY)
+            {
+                self.last_error = Some(now);
+                tracing::error!(path = %self.path.display(), error = %e, failures = self.write_failures, "cannot write to the quarantine file; reading waits, and the bad line stays in its log file until its record is written");
+            }
+            // A half-written record would corrupt the next one.
+            self.file = None;
+            return Err(e);
         }
+        if self.last_error.take().is_some() {
+            tracing::info!(path = %self.path.display(), "the quarantine file can be written again");
+        }
+        self.stats.count_reject(reason.kind());
         self.log(&shown, offset, reason);
+        Ok(())
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -171,14 +203,16 @@ mod tests {
             &Reject::NotAnObject,
             b"[1]",
             false,
-        );
+        )
+        .unwrap();
         q.put(
             Path::new("/log/a.jsonl"),
             46,
             &Reject::InvalidUtf8,
             b"\xff",
             false,
-        );
+        )
+        .unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         let rows: Vec<serde_json::Value> = text
             .lines()

@@ -189,7 +189,7 @@ impl Output {
                 &src.encoder,
                 &self.host,
                 &t.path,
-                Some(&self.quarantine),
+                Some((&self.quarantine, &self.cancel)),
                 &self.stats,
                 self.max_line,
             ),

@@ -40,6 +40,8 @@ pub(crate) struct LineEncoder<'a> {
     /// `None` when re-reading for a replay: those lines were quarantined
     /// the first time.
     quarantine: Option<&'a Mutex<Quarantine>>,
+    /// The stop signal, while waiting on the quarantine.
+    cancel: Option<&'a AtomicBool>,
     stats: &'a Stats,
     max_line: usize,
 }
@@ -164,7 +166,9 @@ pub(super) fn read_file(
         t.splitter.feed(&buf[..n]);
         while let Some(piece) = t.splitter.next_piece() {
             let end = piece.end();
-            sink.enc.piece(piece, origin.path, builder);
+            sink.enc
+                .piece(piece, origin.path, builder)
+                .map_err(|_| ReadError::Cancelled)?;
             builder.end = end;
             if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
                 && let Some(c) = builder.take_chunk(&origin)
@@ -192,7 +196,7 @@ impl<'a> LineEncoder<'a> {
         enc: &'a parse::Encoder,
         host: &'a str,
         path: &Path,
-        quarantine: Option<&'a Mutex<Quarantine>>,
+        quarantine: Option<(&'a Mutex<Quarantine>, &'a AtomicBool)>,
         stats: &'a Stats,
         max_line: usize,
     ) -> LineEncoder<'a> {
@@ -212,18 +216,28 @@ impl<'a> LineEncoder<'a> {
             host,
             now,
             path,
-            quarantine,
+            quarantine: quarantine.map(|(q, _)| q),
+            cancel: quarantine.map(|(_, c)| c),
             stats,
             max_line,
         }
     }
 
-    pub(crate) fn piece(&self, piece: Piece<'_>, path: &Path, b: &mut ChunkBuilder) {
+    /// Turns one piece into a row in `b`, or into a quarantine record.
+    /// `Err` only when told to stop while the quarantine could not be
+    /// written: the line was then not dealt with, and nothing past it may
+    /// be handed out.
+    pub(crate) fn piece(
+        &self,
+        piece: Piece<'_>,
+        path: &Path,
+        b: &mut ChunkBuilder,
+    ) -> Result<(), Cancelled> {
         self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
         match piece {
             Piece::Line { start, line } => {
                 let Some(line) = line_body(line, start) else {
-                    return;
+                    return Ok(());
                 };
                 let meta = LineMeta {
                     path: &self.path,
@@ -244,6 +258,7 @@ impl<'a> LineEncoder<'a> {
                             end: b.data.len() as u32,
                         });
                         self.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
                     }
                     Err(reject) => self.reject(path, start, &reject, line, false),
                 }
@@ -253,11 +268,15 @@ impl<'a> LineEncoder<'a> {
                     len,
                     max: self.max_line,
                 };
-                self.reject(path, start, &reject, head, true);
+                self.reject(path, start, &reject, head, true)
             }
         }
     }
 
+    /// Writes a quarantine record, waiting while the quarantine file cannot
+    /// be written (its error is logged, rate limited, by the quarantine):
+    /// a bad line is skipped only once its record exists. `Err` when told
+    /// to stop meanwhile.
     pub(super) fn reject(
         &self,
         path: &Path,
@@ -265,9 +284,22 @@ impl<'a> LineEncoder<'a> {
         reason: &Reject,
         line: &[u8],
         truncated: bool,
-    ) {
-        if let Some(q) = self.quarantine {
-            lock(q).put(path, offset, reason, line, truncated);
+    ) -> Result<(), Cancelled> {
+        let Some(q) = self.quarantine else {
+            return Ok(());
+        };
+        loop {
+            if lock(q).put(path, offset, reason, line, truncated).is_ok() {
+                return Ok(());
+            }
+            for _ in 0..10 {
+                if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return Err(Cancelled);
+                }
+                // Waiting on the state disk is not a stuck tailer.
+                Stats::beat(&self.stats.tail_beat_ms);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     }
 }
@@ -282,7 +314,7 @@ pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cance
     head.truncate(n);
     let reject = Reject::InvalidJson("incomplete last line (no newline) in a rotated file".into());
     sink.enc
-        .reject(&t.path, start, &reject, &head, n as u64 != end - start);
+        .reject(&t.path, start, &reject, &head, n as u64 != end - start)?;
     let chunk = Chunk {
         route: sink.route,
         file: t.id,

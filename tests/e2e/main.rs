@@ -8,6 +8,7 @@
 mod support;
 
 mod delivery;
+mod faults;
 mod live;
 mod model;
 mod modern;

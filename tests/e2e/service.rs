@@ -3,44 +3,13 @@
 //! and `/ready`, SIGHUP reloads (a source added; an invalid file refused),
 //! and the heartbeat table.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    self, Chtail, ClickHouse, Env, SHORT, append, append_raw, count, expect_rows, shared,
-    wait_until,
+    self, Chtail, ClickHouse, Env, SHORT, append, append_raw, count, expect_rows, http_get as get,
+    metrics_port, sample, shared, wait_until,
 };
-
-/// `GET path` on the metrics listener: (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
-}
-
-/// The value of one sample line (`name{labels}`) in an exposition.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-fn metrics_port(env: &Env) -> u16 {
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    let at = text.find("listen = \"127.0.0.1:").unwrap() + "listen = \"127.0.0.1:".len();
-    text[at..].split('"').next().unwrap().parse().unwrap()
-}
 
 /// chtail started under a fake systemd: a `NOTIFY_SOCKET` the test reads,
 /// and a 1 s watchdog.

@@ -583,6 +583,35 @@ pub fn bot(path: &Path, handler: &str, first: u64, count: u64, max_bytes: u64, r
         .expect("python3")
 }
 
+/// `GET path` on the metrics listener: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
+}
+
+/// The value of one sample line (`name{labels}`) in an exposition.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn metrics_port(env: &Env) -> u16 {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let at = text.find("listen = \"127.0.0.1:").unwrap() + "listen = \"127.0.0.1:".len();
+    text[at..].split('"').next().unwrap().parse().unwrap()
+}
+
 /// The bot's pace, for every rotation and delivery test that writes live.
 pub const BOT_RATE: u64 = 20_000;
 pub const BOT_SECS: u64 = 15;
