@@ -35,7 +35,12 @@ if ! python3 -c 'import chdb, lz4.block' >/dev/null 2>&1; then
   python3 -c 'import chdb, lz4.block'
 fi
 
-cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREADS:-4}"
+cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREADS:-4}" \
+  --skip live:: --skip faults::
+
+# The tests that write at the bot's pace (20,000 events/s through Python's
+# logging) need the machine to themselves: one at a time, nothing beside.
+cargo test --locked --test e2e -- --test-threads=1 live:: faults::
 
 # The Debian package: built, installed, upgraded and purged with dpkg
 # (as root; skipped otherwise).
