@@ -15,20 +15,60 @@ use crate::tail::{self, SourceRoute};
 pub async fn check(config: &Config) -> usize {
     let mut problems = 0;
     let mut bad = |what: String| {
-        println!("PROBLEM  {what}");
+        crate::out!("PROBLEM  {what}");
         problems += 1;
     };
-    println!("ok       configuration is valid");
+    crate::out!("ok       configuration is valid");
 
-    // State directory.
+    // State directory: looked at, never created (`run` creates it, 0700).
     let dir = &config.state.dir;
-    match std::fs::create_dir_all(dir).and_then(|()| probe_writable(dir)) {
-        Ok(()) => println!("ok       state directory {} is writable", dir.display()),
-        Err(e) => bad(format!("state directory {}: {e}", dir.display())),
-    }
-    match Checkpoints::read_only(dir) {
-        Ok(files) => println!("ok       state: {} file(s) checkpointed", files.len()),
-        Err(e) => bad(format!("state: {e}")),
+    let state_ok = if dir.is_dir() {
+        match probe_writable(dir) {
+            Ok(()) => {
+                crate::out!("ok       state directory {} is writable", dir.display());
+                true
+            }
+            Err(e) => {
+                bad(format!(
+                    "state directory {}: {e} (chtail's user must be able to write it)",
+                    dir.display()
+                ));
+                false
+            }
+        }
+    } else {
+        // The nearest existing parent must let `run` create it.
+        let parent = dir.ancestors().skip(1).find(|p| p.is_dir());
+        match parent.map(|p| (p, probe_writable(p))) {
+            Some((_, Ok(()))) => {
+                crate::out!(
+                    "note     state directory {} does not exist yet; `chtail run` creates it (mode 0700)",
+                    dir.display()
+                );
+                true
+            }
+            Some((p, Err(e))) => {
+                bad(format!(
+                    "state directory {} does not exist and cannot be created in {}: {e}",
+                    dir.display(),
+                    p.display()
+                ));
+                false
+            }
+            None => {
+                bad(format!(
+                    "state directory {}: no existing parent",
+                    dir.display()
+                ));
+                false
+            }
+        }
+    };
+    if state_ok {
+        match Checkpoints::read_only(dir) {
+            Ok(files) => crate::out!("ok       state: {} file(s) checkpointed", files.len()),
+            Err(e) => bad(format!("state: {e}")),
+        }
     }
 
     // Sources.
@@ -78,7 +118,7 @@ pub async fn check(config: &Config) -> usize {
                         .into_owned()
                 })
                 .collect();
-            println!(
+            crate::out!(
                 "note     source {pattern}: {} file(s) are rotations of {} (read if chtail did not see them): {}{}",
                 rotations.len(),
                 live.display(),
@@ -91,13 +131,13 @@ pub async fn check(config: &Config) -> usize {
             );
         }
         if paths.is_empty() {
-            println!(
+            crate::out!(
                 "note     source {pattern}: no file matches yet (files that appear later are picked up)"
             );
         }
         for p in paths {
             match File::open(&p) {
-                Ok(_) => println!("ok       source {pattern}: {} is readable", p.display()),
+                Ok(_) => crate::out!("ok       source {pattern}: {} is readable", p.display()),
                 Err(e) => bad(format!(
                     "source {pattern}: cannot read {}: {e}",
                     p.display()
@@ -119,7 +159,7 @@ pub async fn check(config: &Config) -> usize {
     for one in server.each() {
         match one.version().await {
             Ok(v) => {
-                println!(
+                crate::out!(
                     "ok       ClickHouse {v} at {} answers as user {}",
                     one.url(),
                     ch.user
@@ -143,7 +183,7 @@ pub async fn check(config: &Config) -> usize {
         Ok(plan) => plan,
         Err(p) => {
             for n in notes {
-                println!("note     {n}");
+                crate::out!("note     {n}");
             }
             for m in p.messages {
                 bad(m);
@@ -152,22 +192,22 @@ pub async fn check(config: &Config) -> usize {
         }
     };
     for n in notes {
-        println!("note     {n}");
+        crate::out!("note     {n}");
     }
     for t in &plan.tables {
         let table = format!("{}.{}", ch.database, t.name);
         match server.delivery(plan.version, &t.name).await {
-            Delivery::ExactlyOnce(why) => println!(
+            Delivery::ExactlyOnce(why) => crate::out!(
                 "ok       table {table}: delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
             ),
-            Delivery::AtLeastOnce(why) => println!(
+            Delivery::AtLeastOnce(why) => crate::out!(
                 "note     table {table}: delivery is at-least-once: {why}. A batch inserted just before a crash, before its checkpoint, is sent again"
             ),
         }
     }
     for (n, (source, route)) in config.sources.iter().zip(&plan.sources).enumerate() {
         let table = &plan.tables[usize::from(route.route)].name;
-        println!(
+        crate::out!(
             "ok       [[source]] #{} ({}) -> table {}.{table}; JSON key -> column (type):",
             n + 1,
             source.paths.join(", "),
@@ -184,7 +224,7 @@ pub async fn check(config: &Config) -> usize {
             } else {
                 format!("  [{}]", m.note)
             };
-            println!("           {from} -> {} ({}){note}", m.column, m.ty);
+            crate::out!("           {from} -> {} ({}){note}", m.column, m.ty);
         }
         let report = sample(route, &config.tail);
         report.print();
@@ -312,7 +352,7 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
 impl Sample {
     fn print(&self) {
         if self.lines == 0 {
-            println!("note     sample: no lines to try yet");
+            crate::out!("note     sample: no lines to try yet");
             return;
         }
         let quarantined = self.lines - self.rows;
@@ -321,14 +361,15 @@ impl Sample {
         } else {
             "note    "
         };
-        println!(
+        crate::out!(
             "{status} sample of the last {} line(s): {} would be inserted, {quarantined} quarantined",
-            self.lines, self.rows
+            self.lines,
+            self.rows
         );
         for (kind, count, examples) in &self.rejected {
-            println!("           {count} x {kind}, e.g.:");
+            crate::out!("           {count} x {kind}, e.g.:");
             for e in examples {
-                println!("             {e}");
+                crate::out!("             {e}");
             }
         }
         if !self.ignored.is_empty() {
@@ -339,7 +380,7 @@ impl Sample {
                 .take(10)
                 .map(|(k, c)| format!("{k:?} ({c})"))
                 .collect();
-            println!(
+            crate::out!(
                 "note     keys with no column, ignored (set rename or catch_all to keep them): {}",
                 shown.join(", ")
             );

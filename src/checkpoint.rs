@@ -118,7 +118,7 @@ impl Checkpoints {
             dir: dir.to_owned(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io_err)?;
+        create_private_dir(dir).map_err(io_err)?;
         let current = read_state(&dir.join(STATE_FILE));
         let previous = || read_state(&dir.join(PREV_FILE));
         let (state, loaded) = match current {
@@ -353,6 +353,29 @@ pub fn save(dir: &Path, bytes: &[u8]) -> io::Result<()> {
     })
 }
 
+/// Creates `dir` (and its parents) as 0700, whatever the umask: it holds
+/// raw log lines (the quarantine) and offsets. An existing directory keeps
+/// its mode (the package and systemd's `StateDirectory=` set theirs).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or truncates) a file readable by chtail's user alone, 0600
+/// whatever the umask.
+pub fn private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Temporary file, fsync, `before_rename`, rename over `name`, fsync of
 /// the directory.
 fn write_atomic(
@@ -364,7 +387,7 @@ fn write_atomic(
 ) -> io::Result<()> {
     let tmp = dir.join(tmp_name);
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

@@ -249,8 +249,9 @@ impl Server {
     }
 
     /// The URL in use.
-    pub fn url(&self) -> &str {
-        &self.cfg.urls[self.current.load(Ordering::Relaxed) % self.cfg.urls.len()]
+    /// The URL in use, for messages: credentials in it are masked.
+    pub fn url(&self) -> String {
+        redact_url(&self.cfg.urls[self.current.load(Ordering::Relaxed) % self.cfg.urls.len()])
     }
 
     /// Moves on to the next replica, if there is another one. Called after
@@ -259,7 +260,7 @@ impl Server {
     /// replicas).
     pub fn fail_over(&self) {
         if self.clients.len() > 1 {
-            let from = self.url().to_string();
+            let from = self.url();
             self.current.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(from = %from, to = %self.url(), "failing over to the next ClickHouse URL");
         }
@@ -467,6 +468,18 @@ impl Server {
     }
 }
 
+/// `url` with any `user:password@` in it masked, for logs and reports.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// The certificates of a PEM file, or what is wrong with it.
 pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
@@ -600,6 +613,16 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_masked() {
+        assert_eq!(
+            redact_url("http://bot:secret@host:8123/?database=x"),
+            "http://***@host:8123/?database=x"
+        );
+        assert_eq!(redact_url("https://host:8443"), "https://host:8443");
+        assert_eq!(redact_url("http://host/a@b"), "http://host/a@b");
+    }
 
     #[test]
     fn codes_are_read_from_bodies_and_headers() {

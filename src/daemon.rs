@@ -38,6 +38,9 @@ use crate::signal::{Sig, Signals};
 use crate::stats::Stats;
 use crate::tail::{self, Tailer};
 
+/// Exit status for a configuration that cannot be used, including a state
+/// directory chtail may not write (sysexits' USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
 /// Exit status for a state directory chtail cannot trust (sysexits' DATAERR).
 pub const EXIT_BAD_STATE: u8 = 65;
 /// Exit status of a stop while the state directory could not be written:
@@ -140,7 +143,16 @@ impl Service {
 async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     let stats = svc.stats.clone();
     let state_dir = config.state.dir.clone();
-    let _lock = lock_state_dir(&state_dir)?;
+    let _lock = match lock_state_dir(&state_dir) {
+        Ok(lock) => lock,
+        Err(e) if cannot_be_fixed_by_restart(&e) => {
+            tracing::error!(
+                "{e:#}; state.dir must be a directory chtail's user can write (the package's unit uses StateDirectory=chtail)"
+            );
+            return Ok(End::Exit(EXIT_BAD_CONFIG));
+        }
+        Err(e) => return Err(e),
+    };
     let (checkpoints, loaded) = match Checkpoints::load(&state_dir) {
         Ok(c) => c,
         Err(e @ StateError::Corrupt { .. }) => {
@@ -450,12 +462,27 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A permission or the kind of file at the path: waiting or restarting
+/// changes nothing, an operator must act.
+fn cannot_be_fixed_by_restart(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::{NotADirectory, PermissionDenied, ReadOnlyFilesystem};
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            matches!(
+                io.kind(),
+                PermissionDenied | ReadOnlyFilesystem | NotADirectory
+            )
+        })
+}
+
 /// One chtail per state directory: a second one would commit over the first.
 fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
-    std::fs::create_dir_all(dir)
+    checkpoint::create_private_dir(dir)
         .with_context(|| format!("creating state directory {}", dir.display()))?;
     let path = dir.join("lock");
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        checkpoint::private_file(&path).with_context(|| format!("creating {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => bail!(

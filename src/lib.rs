@@ -34,6 +34,18 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` for the commands' reports: a closed stdout (`chtail status |
+/// head -1`) ends the command quietly instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 // The configuration: the lowest layer, read by everything below.
 pub mod config;
 

@@ -9,8 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use chtail::config::Config;
 
-/// Exit status for a configuration that cannot be used (sysexits' USAGE).
-const EXIT_BAD_CONFIG: u8 = 64;
+use chtail::daemon::EXIT_BAD_CONFIG;
 
 #[derive(Parser)]
 #[command(
@@ -98,10 +97,10 @@ fn main() -> ExitCode {
                 }
             };
             if problems == 0 {
-                println!("all is well");
+                chtail::out!("all is well");
                 ExitCode::SUCCESS
             } else {
-                println!("{problems} problem(s) found");
+                chtail::out!("{problems} problem(s) found");
                 ExitCode::FAILURE
             }
         }
@@ -111,7 +110,7 @@ fn main() -> ExitCode {
             };
             match chtail::status::collect(&config) {
                 Ok(rows) if json => {
-                    println!(
+                    chtail::out!(
                         "{}",
                         serde_json::to_string_pretty(&rows).unwrap_or_default()
                     );
@@ -119,9 +118,9 @@ fn main() -> ExitCode {
                 }
                 Ok(rows) => {
                     if chtail::status::daemon_running(&config) {
-                        println!("chtail is running with this state directory");
+                        chtail::out!("chtail is running with this state directory");
                     } else {
-                        println!("chtail is not running; offsets as last committed");
+                        chtail::out!("chtail is not running; offsets as last committed");
                     }
                     chtail::status::print_table(&rows);
                     chtail::status::print_rotations(&config);

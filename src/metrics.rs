@@ -124,6 +124,12 @@ impl Endpoint {
             &one(self.state.failures()),
         );
         metric(
+            "file_errors_total",
+            "counter",
+            "Errors listing, opening or reading the sources' files (permissions, descriptors); each is retried.",
+            &one(get(&s.file_errors)),
+        );
+        metric(
             "lines_read_total",
             "counter",
             "Lines read from the log files.",
@@ -264,19 +270,41 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// At most this many connections are served at once; more are closed at
+/// once, so that scrapers cannot take the descriptors the log files need.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection gets this long to send its request and take the answer.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves the endpoint until the task is aborted.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_error: Option<std::time::Instant> = None;
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // EMFILE and the like: say so (once a minute), then wait
+                // for descriptors to come back.
+                if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::error!(error = %e, "the metrics listener cannot accept connections");
+                    last_error = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(conn);
             continue;
         };
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
             // The request line and headers; the body (if any) is ignored.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let read = tokio::time::timeout(CONNECTION_TIMEOUT, async {
                 while len < buf.len() {
                     let n = conn.read(&mut buf[len..]).await?;
                     if n == 0 {
@@ -302,11 +330,15 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
                 "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = conn.write_all(reply.as_bytes()).await;
-            if method != "HEAD" {
-                let _ = conn.write_all(body.as_bytes()).await;
-            }
-            let _ = conn.shutdown().await;
+            // A reader that does not take the answer is dropped in time.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async {
+                conn.write_all(reply.as_bytes()).await?;
+                if method != "HEAD" {
+                    conn.write_all(body.as_bytes()).await?;
+                }
+                conn.shutdown().await
+            })
+            .await;
         });
     }
 }

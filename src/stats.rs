@@ -24,6 +24,8 @@ pub const FAILURE_CLASSES: [&str; 3] = ["transient", "bad_data", "operator"];
 #[derive(Debug, Default)]
 pub struct Stats {
     pub lines_read: AtomicU64,
+    /// Errors listing, opening, reading or stat-ing a source's files.
+    pub file_errors: AtomicU64,
     pub bytes_read: AtomicU64,
     pub rows_parsed: AtomicU64,
     /// JSON keys no column took (and no catch-all column kept).

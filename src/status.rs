@@ -69,24 +69,28 @@ pub fn print_rotations(config: &Config) {
                         .into_owned()
                 })
                 .collect();
-            println!("rotations of {}: {}", live.display(), names.join(" "));
+            crate::out!("rotations of {}: {}", live.display(), names.join(" "));
         }
     }
 }
 
 pub fn print_table(rows: &[FileStatus]) {
     if rows.is_empty() {
-        println!("no files tracked yet");
+        crate::out!("no files tracked yet");
         return;
     }
     let width = rows.iter().map(|r| r.path.len()).max().unwrap_or(4).max(4);
-    println!(
+    crate::out!(
         "{:<width$}  {:<8}  {:>12}  {:>12}  {:>12}  IDENTITY",
-        "PATH", "STATE", "SIZE", "COMMITTED", "LAG"
+        "PATH",
+        "STATE",
+        "SIZE",
+        "COMMITTED",
+        "LAG"
     );
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     for r in rows {
-        println!(
+        crate::out!(
             "{:<width$}  {:<8}  {:>12}  {:>12}  {:>12}  {}",
             r.path,
             r.state,

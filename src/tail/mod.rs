@@ -325,14 +325,29 @@ impl Tailer {
         self.out.queue.close();
     }
 
+    /// An error about a source's file or directory (a permission, no
+    /// descriptors left, ...): never taken for "the file is gone". Counted
+    /// (`chtail_file_errors_total`) and logged as an ERROR, at most once a
+    /// minute per path; the next round tries again, so a fix is picked up
+    /// without a restart.
     fn log_error(&mut self, path: &Path, what: &str, e: &std::io::Error) {
+        self.out.stats.file_errors.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let due = self
             .error_logged
             .get(path)
             .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_EVERY);
         if due {
-            tracing::warn!(path = %path.display(), error = %e, "{what}; will retry");
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    " (chtail's user needs read access: add it to the files' group, e.g. SupplementaryGroups= in a drop-in)"
+                }
+                _ if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) => {
+                    " (out of file descriptors: raise LimitNOFILE=)"
+                }
+                _ => "",
+            };
+            tracing::error!(path = %path.display(), error = %e, "{what}{hint}; retrying");
             self.error_logged.insert(path.to_owned(), now);
         }
     }
@@ -345,6 +360,18 @@ impl Tailer {
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut found: Vec<PathBuf> = Vec::new();
         let mut unlistable = Vec::new();
+        // A directory chtail may not read hides its files from the glob
+        // without an error: look at each source's directory first.
+        let mut dirs: Vec<PathBuf> = self.patterns.iter().map(|p| literal_dir(p)).collect();
+        dirs.sort();
+        dirs.dedup();
+        let mut complete = true;
+        for dir in dirs {
+            if let Err(e) = std::fs::read_dir(&dir) {
+                complete = false;
+                self.log_error(&dir, "cannot list a source directory", &e);
+            }
+        }
         for pattern in &self.patterns {
             match glob::glob(pattern) {
                 Ok(paths) => {
@@ -360,7 +387,7 @@ impl Tailer {
         }
         // A directory that could not be listed says nothing about its
         // files: none of them is taken for rotated away this round.
-        let complete = unlistable.is_empty();
+        let complete = complete && unlistable.is_empty();
         for e in unlistable {
             self.log_error(e.path(), "cannot list a source directory", e.error());
         }
