@@ -367,9 +367,14 @@ impl Tailer {
         dirs.dedup();
         let mut complete = true;
         for dir in dirs {
-            if let Err(e) = std::fs::read_dir(&dir) {
-                complete = false;
-                self.log_error(&dir, "cannot list a source directory", &e);
+            match std::fs::read_dir(&dir) {
+                Ok(_) => {}
+                // Not there yet (the bot has not started): nothing to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    complete = false;
+                    self.log_error(&dir, "cannot list a source directory", &e);
+                }
             }
         }
         for pattern in &self.patterns {
