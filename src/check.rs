@@ -72,7 +72,11 @@ pub async fn check(config: &Config) -> usize {
     }
 
     // Sources.
-    for pattern in config.sources.iter().flat_map(|s| &s.paths) {
+    for (source, pattern) in config
+        .sources
+        .iter()
+        .flat_map(|s| s.paths.iter().map(move |p| (s, p)))
+    {
         let dir = tail::literal_dir(pattern);
         if let Err(e) = std::fs::read_dir(&dir) {
             bad(format!(
@@ -88,6 +92,15 @@ pub async fn check(config: &Config) -> usize {
             Ok(found) => {
                 for p in found {
                     match p {
+                        Ok(p)
+                            if !source.follow_symlinks
+                                && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink()) =>
+                        {
+                            crate::out!(
+                                "note     source {pattern}: {} is a symlink and is skipped (follow_symlinks = false)",
+                                p.display()
+                            );
+                        }
                         Ok(p) if p.is_file() => paths.push(p),
                         Ok(_) => {}
                         Err(e) => bad(format!(

@@ -83,6 +83,10 @@ pub struct Source {
     /// source names its own), in `clickhouse.database`.
     pub table: String,
     pub mapping: Mapping,
+    /// Read what a matching symlink points to (README, "Security"); off by
+    /// default: whoever can write the log directory could otherwise make
+    /// chtail read any file its user can.
+    pub follow_symlinks: bool,
 }
 
 /// How a source's JSON keys and line metadata fill its table's columns.
@@ -239,7 +243,14 @@ const KNOWN: &[(&str, &[&str])] = &[
     ),
     (
         "source",
-        &["paths", "table", "rename", "catch_all", "metadata"],
+        &[
+            "paths",
+            "table",
+            "rename",
+            "catch_all",
+            "metadata",
+            "follow_symlinks",
+        ],
     ),
     ("state", &["dir"]),
     ("batch", &["max_rows", "max_bytes", "max_wait"]),
@@ -281,6 +292,7 @@ struct RawSource {
     rename: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     catch_all: Option<Spanned<String>>,
     metadata: Option<Spanned<Metadata>>,
+    follow_symlinks: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -831,6 +843,7 @@ impl Validator<'_> {
                 paths,
                 table,
                 mapping,
+                follow_symlinks: s.follow_symlinks.is_some_and(Spanned::into_inner),
             });
         }
 

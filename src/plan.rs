@@ -133,6 +133,7 @@ pub async fn prepare(
                 patterns: s.paths.clone(),
                 encoder: Arc::new(encoder.with_time_key(config.metrics.event_time_key.clone())),
                 route: route as u16,
+                follow_symlinks: s.follow_symlinks,
             }),
             Err(errs) => problems.extend(
                 errs.into_iter()

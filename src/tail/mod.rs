@@ -162,6 +162,9 @@ pub struct SourceRoute {
     pub encoder: Arc<parse::Encoder>,
     /// Index of the source's table among the daemon's tables.
     pub route: u16,
+    /// Matching symlinks are read (their targets, by identity); otherwise
+    /// skipped.
+    pub follow_symlinks: bool,
 }
 
 /// What reading a file hands its lines to: the sources' encoders, the
@@ -222,6 +225,8 @@ pub struct Tailer {
     builder: ChunkBuilder,
     last_discovery: Option<Instant>,
     error_logged: HashMap<PathBuf, Instant>,
+    /// Symlinks skipped (each noted once).
+    symlinks_noted: HashSet<PathBuf>,
     /// Files found truncated in place, by their old id: how far they had
     /// been handed out, so that their rotated copy resumes there.
     ghosts: HashMap<FileId, u64>,
@@ -278,6 +283,7 @@ impl Tailer {
             files: Vec::new(),
             last_discovery: None,
             error_logged: HashMap::new(),
+            symlinks_noted: HashSet::new(),
             ghosts: HashMap::new(),
             unsettled: HashMap::new(),
             rotations_since,
@@ -400,6 +406,15 @@ impl Tailer {
         found.dedup();
         for path in found {
             if is_compressed_name(&path) {
+                continue;
+            }
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink())
+                && !paths::source_of(&self.out.sources, &path)
+                    .is_some_and(|i| self.out.sources[i].follow_symlinks)
+            {
+                if self.symlinks_noted.insert(path.clone()) {
+                    tracing::warn!(path = %path.display(), "skipping a symlink that matches a source (set follow_symlinks = true in its [[source]] to read its target)");
+                }
                 continue;
             }
             let meta = match std::fs::metadata(&path) {

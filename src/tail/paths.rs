@@ -178,8 +178,10 @@ pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::Rec
             }
             _ => None,
         };
+        // Only regular files: a symlink is for the tailer to judge
+        // (`follow_symlinks`).
         if let Some(path) = opened
-            && std::fs::metadata(path).is_ok_and(|m| m.is_file())
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
             && let Ok(file) = std::fs::File::open(path)
         {
             control.hand_over(path.clone(), file);

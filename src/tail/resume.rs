@@ -203,7 +203,8 @@ impl Tailer {
                     continue;
                 }
                 let path = entry.path();
-                let Ok(meta) = std::fs::metadata(&path) else {
+                // Never a symlink: a rotation is a file the bot wrote.
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
                     continue;
                 };
                 let key = (meta.dev(), meta.ino());
@@ -266,7 +267,7 @@ impl Tailer {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Ok(meta) = std::fs::metadata(&path) else {
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
                     continue;
                 };
                 if !meta.is_file() || is_compressed_name(&path) {

@@ -187,3 +187,95 @@ fn a_stop_while_the_state_cannot_be_written_says_so_and_exits_75() {
         assert!(dups <= 50_000, "{dups} duplicated");
     }
 }
+
+// Issue 12, case 4: a symlink in the log directory was followed anywhere.
+#[test]
+fn symlinks_are_skipped_unless_the_source_follows_them() {
+    let ch = shared();
+    let env = Env::new(ch, "symlinks", "*.jsonl", "");
+    // Outside the log directory: a file that is not the bot's, and a file
+    // of events that a link may point at.
+    let secret = env.tmp.path().join("secret.txt");
+    std::fs::write(&secret, "root:x:0:0:secret\n").unwrap();
+    let elsewhere = env.tmp.path().join("elsewhere.jsonl");
+    support::append(&elsewhere, 0, 100);
+    std::os::unix::fs::symlink(&secret, env.log("shadow.jsonl")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.log("linked.jsonl")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.log("linked-again.jsonl")).unwrap();
+    support::append(&env.log("events.jsonl"), 1000, 1200);
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), 200);
+    assert!(chtail.terminate(SHORT).success());
+    let quarantine =
+        std::fs::read_to_string(env.state.join("quarantine.jsonl")).unwrap_or_default();
+    assert!(!quarantine.contains("secret"), "{quarantine}");
+    assert!(
+        chtail.logs().contains("skipping a symlink"),
+        "{}",
+        chtail.logs()
+    );
+    let check = support::chtail_cmd(&["check"], &env.config);
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("is a symlink and is skipped"), "{check}");
+
+    // Followed: the target is read, once, however many links point at it.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("[[source]]\n", "[[source]]\nfollow_symlinks = true\n");
+    std::fs::write(&env.config, text).unwrap();
+    std::fs::remove_file(env.log("shadow.jsonl")).unwrap();
+    let mut chtail = env.start();
+    let (distinct, dups) = support::finish(ch, &env.table(), 300, &mut chtail, SHORT);
+    assert_eq!((distinct, dups), (300, 0), "{}", chtail.logs());
+}
+
+// Issue 12, case 5: files and output.
+#[test]
+fn state_files_are_private_urls_are_masked_and_a_closed_stdout_is_quiet() {
+    use std::os::unix::fs::PermissionsExt;
+    let ch = shared();
+    let env = Env::new(ch, "private", "events.jsonl", "");
+    support::append(&env.log("events.jsonl"), 0, 10);
+    support::append_raw(&env.log("events.jsonl"), b"not json\n");
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), 10);
+    wait_until(SHORT, "the quarantine record", || {
+        env.state.join("quarantine.jsonl").exists()
+    });
+    assert!(chtail.terminate(SHORT).success());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&env.state), 0o700, "the state directory");
+    for f in ["state.json", "inflight.json", "lock", "quarantine.jsonl"] {
+        assert_eq!(mode(&env.state.join(f)), 0o600, "{f}");
+    }
+
+    // A password in the URL is never printed.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let url = ch.url().replace("http://", "http://writer:s3cret-pw@");
+    std::fs::write(&env.config, text.replace(&ch.url(), &url)).unwrap();
+    let check = support::chtail_cmd(&["check"], &env.config);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(!all.contains("s3cret-pw"), "{all}");
+    assert!(all.contains("***@"), "{all}");
+
+    // `status | head -1`: the reader is gone before chtail writes.
+    for cmd in [["status"], ["check"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chtail"))
+            .args(cmd)
+            .arg("--config")
+            .arg(&env.config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{cmd:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{cmd:?}: {stderr}");
+    }
+}

@@ -143,6 +143,7 @@ impl Harness {
             patterns: vec![self.glob.clone()],
             encoder: Arc::new(chtail::parse::Encoder::plain(schema)),
             route: 0,
+            follow_symlinks: false,
         }];
         let quarantine = Arc::new(Mutex::new(Quarantine::new(&self.state, stats.clone())));
         let tailer = Tailer::new(
