@@ -22,7 +22,9 @@
 //! long, printing chtail's RSS and open descriptors every minute, then the
 //! slope of RSS over the last 20 minutes (or the whole run if shorter).
 
+// The bench uses a few of the tests' helpers; the rest are the tests'.
 #[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -23,7 +23,7 @@ use crate::stats::Stats;
 use std::sync::atomic::Ordering;
 
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The table all its rows go to.
     pub route: u16,
     pub chunks: Vec<Chunk>,
@@ -33,14 +33,14 @@ pub struct Batch {
 
 /// One file's contiguous byte range covered by a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
+pub(crate) struct Range {
     pub file: FileId,
     pub start: u64,
     pub end: u64,
 }
 
 impl Batch {
-    pub fn push(&mut self, chunk: Chunk) {
+    pub(crate) fn push(&mut self, chunk: Chunk) {
         if self.chunks.is_empty() {
             self.route = chunk.route;
         }
@@ -57,7 +57,7 @@ impl Batch {
     }
 
     /// The byte ranges this batch covers, one per file, in first-seen order.
-    pub fn ranges(&self) -> Vec<Range> {
+    pub(crate) fn ranges(&self) -> Vec<Range> {
         let mut out: Vec<Range> = Vec::new();
         for c in &self.chunks {
             match out.iter_mut().find(|r| r.file == c.file) {
@@ -80,7 +80,7 @@ impl Batch {
 /// file identity (device, inode, fingerprint) and byte range, in order. The
 /// same bytes give the same token, in this process or the next; different
 /// bytes never share one, so the server never drops rows it has not seen.
-pub fn token(batch: &Batch) -> String {
+pub(crate) fn token(batch: &Batch) -> String {
     let mut text = String::new();
     for c in &batch.chunks {
         let id = &c.identity;
@@ -94,9 +94,9 @@ pub fn token(batch: &Batch) -> String {
 }
 
 /// The most `parts_pressure` stretches `max_wait`: 2^4 = 16 times.
-pub const MAX_PRESSURE: u64 = 4;
+pub(crate) const MAX_PRESSURE: u64 = 4;
 
-pub async fn run(
+pub(crate) async fn run(
     queue: Arc<Queue>,
     limits: config::Batch,
     stats: Arc<Stats>,
@@ -235,9 +235,7 @@ mod tests {
         assert_eq!(b.rows, 4);
         assert!(Instant::now() - t0 >= Duration::from_millis(1000));
         // Under parts pressure the wait stretches, so batches grow.
-        stats
-            .parts_pressure
-            .store(2, std::sync::atomic::Ordering::Relaxed);
+        stats.parts_pressure.store(2, Ordering::Relaxed);
         q.push(chunk(1, 50, 60, 4), &never).unwrap();
         let t0 = Instant::now();
         let b = rx.recv().await.unwrap();

@@ -18,13 +18,13 @@ use crate::parse::{ColumnDef, Schema, UnsupportedColumn, default_table_columns};
 
 /// A server's version, e.g. 18.16.1 or 26.9.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
+pub(crate) struct Version {
     pub major: u32,
     pub minor: u32,
 }
 
 impl Version {
-    pub fn parse(text: &str) -> Option<Version> {
+    pub(crate) fn parse(text: &str) -> Option<Version> {
         let mut parts = text.trim().split('.');
         Some(Version {
             major: parts.next()?.parse().ok()?,
@@ -33,7 +33,7 @@ impl Version {
     }
 
     /// `insert_deduplication_token` exists from 22.2 on (DESIGN.md §4).
-    pub fn has_dedup_token(&self) -> bool {
+    pub(crate) fn has_dedup_token(&self) -> bool {
         *self
             >= Version {
                 major: 22,
@@ -43,7 +43,7 @@ impl Version {
 
     /// `RowBinaryWithDefaults` (a DEFAULT expression for missing values)
     /// is read by 23.5 and later.
-    pub fn has_row_binary_with_defaults(&self) -> bool {
+    pub(crate) fn has_row_binary_with_defaults(&self) -> bool {
         *self
             >= Version {
                 major: 23,
@@ -52,7 +52,7 @@ impl Version {
     }
 
     /// `DateTime64` exists from 20.1 on.
-    pub fn has_datetime64(&self) -> bool {
+    pub(crate) fn has_datetime64(&self) -> bool {
         self.major >= 20
     }
 
@@ -70,7 +70,7 @@ impl fmt::Display for Version {
 
 /// What the inserter should do about a failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// Network faults, timeouts, overload: wait and try again.
     Transient,
     /// The server refused the data itself: split to find the bad rows.
@@ -82,7 +82,7 @@ pub enum Class {
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct Failure {
+pub(crate) struct Failure {
     pub class: Class,
     /// ClickHouse's error code, when the server sent one.
     pub code: Option<u32>,
@@ -91,34 +91,50 @@ pub struct Failure {
 
 impl Failure {
     /// What to tell the operator, for `Operator` failures.
-    pub fn advice(&self) -> &'static str {
+    pub(crate) fn advice(&self) -> &'static str {
         match self.code {
-            Some(516) | Some(192) | Some(193) | Some(194) => {
-                "check clickhouse.user and clickhouse.password"
-            }
-            Some(60) | Some(81) => {
+            Some(c) if AUTH.contains(&c) => "check clickhouse.user and clickhouse.password",
+            Some(c) if MISSING.contains(&c) => {
                 "create the table, or set create_table = true (see `chtail check`)"
             }
-            Some(16) | Some(32) | Some(33) | Some(8) => {
+            Some(c) if SCHEMA_CHANGED.contains(&c) => {
                 "the table's columns changed while chtail ran; restart chtail to read the new schema"
             }
-            Some(497) | Some(164) => "grant INSERT on the table to clickhouse.user",
+            Some(c) if PRIVILEGE.contains(&c) => "grant INSERT on the table to clickhouse.user",
             None if self.class == Class::Transient => {
                 "check that the server is up and that clickhouse.url (and ca_file, for https) is right"
             }
             _ => "see the server's message",
         }
     }
+
+    /// The table (or its database) does not exist.
+    pub(crate) fn is_missing_table(&self) -> bool {
+        self.code.is_some_and(|c| MISSING.contains(&c))
+    }
+
+    /// TOO_MANY_PARTS: the server's merges are behind; fewer, bigger
+    /// inserts help.
+    pub(crate) fn is_parts_pressure(&self) -> bool {
+        self.code == Some(TOO_MANY_PARTS)
+    }
 }
 
-/// Bad-data codes: the rows themselves are wrong (DESIGN.md §4).
+// The error codes chtail gives a meaning to, all of them here (README,
+// "How it works").
+const AUTH: &[u32] = &[192, 193, 194, 516];
+const MISSING: &[u32] = &[60, 81];
+const SCHEMA_CHANGED: &[u32] = &[8, 16, 32, 33];
+const PRIVILEGE: &[u32] = &[164, 497];
+const TOO_MANY_PARTS: u32 = 252;
+/// Bad-data codes: the rows themselves are wrong.
 const BAD_DATA: &[u32] = &[6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 190];
 /// Codes an operator must fix: authentication, missing objects, privileges,
 /// and the RowBinary layout no longer matching the table.
 const OPERATOR: &[u32] = &[8, 16, 32, 33, 60, 81, 115, 192, 193, 194, 497, 516];
 
 /// The one place where a ClickHouse error is given a meaning.
-pub fn classify(err: &clickhouse::error::Error) -> Failure {
+pub(crate) fn classify(err: &clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error as E;
     // The whole chain: "client error (Connect)" alone does not say that the
     // certificate was not trusted, or that the connection was refused.
@@ -177,7 +193,7 @@ fn one_line(s: &str) -> String {
 
 /// A connection to the configured server (or replicas) and table.
 #[derive(Clone)]
-pub struct Server {
+pub(crate) struct Server {
     /// One client per URL, in the configured order.
     clients: Vec<Client>,
     /// Which one is in use; moves on when it fails ([`Server::fail_over`]).
@@ -187,7 +203,7 @@ pub struct Server {
 
 /// A column as `DESCRIBE TABLE` reports it.
 #[derive(Debug, Clone)]
-pub struct Described {
+pub(crate) struct Described {
     pub name: String,
     pub ty: String,
     /// `""`, `DEFAULT`, `MATERIALIZED`, `ALIAS` or `EPHEMERAL`.
@@ -197,7 +213,7 @@ pub struct Described {
 impl Server {
     /// Fails only if the TLS configuration cannot be built (a CA file that
     /// became unreadable since the config was checked).
-    pub fn new(cfg: &config::ClickHouse) -> Result<Server, String> {
+    pub(crate) fn new(cfg: &config::ClickHouse) -> Result<Server, String> {
         use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
         // The crate's default HTTP client plus a connect timeout, so that an
         // unreachable host fails fast instead of hanging a request. The pool
@@ -250,7 +266,7 @@ impl Server {
 
     /// The URL in use.
     /// The URL in use, for messages: credentials in it are masked.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         redact_url(&self.cfg.urls[self.current.load(Ordering::Relaxed) % self.cfg.urls.len()])
     }
 
@@ -258,7 +274,7 @@ impl Server {
     /// a network fault, timeout or overload; the batch is retried there
     /// (with the same token, which Replicated tables deduplicate across
     /// replicas).
-    pub fn fail_over(&self) {
+    pub(crate) fn fail_over(&self) {
         if self.clients.len() > 1 {
             let from = self.url();
             self.current.fetch_add(1, Ordering::Relaxed);
@@ -267,7 +283,7 @@ impl Server {
     }
 
     /// A server for each configured URL on its own (for `chtail check`).
-    pub fn each(&self) -> Vec<Server> {
+    pub(crate) fn each(&self) -> Vec<Server> {
         (0..self.clients.len())
             .map(|i| Server {
                 clients: vec![self.clients[i].clone()],
@@ -280,12 +296,16 @@ impl Server {
             .collect()
     }
 
-    pub fn config(&self) -> &config::ClickHouse {
+    pub(crate) fn config(&self) -> &config::ClickHouse {
         &self.cfg
     }
 
     /// Runs a query and returns its TabSeparated output.
-    pub async fn text(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, Failure> {
+    pub(crate) async fn text(
+        &self,
+        sql: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<String, Failure> {
         let mut q = self.client().query(sql);
         for (k, v) in settings {
             q = q.with_setting(*k, *v);
@@ -305,7 +325,7 @@ impl Server {
         }
     }
 
-    pub async fn version(&self) -> Result<Version, Failure> {
+    pub(crate) async fn version(&self) -> Result<Version, Failure> {
         let text = self.text("SELECT version()", &[]).await?;
         Version::parse(&text).ok_or_else(|| Failure {
             class: Class::Operator,
@@ -315,7 +335,7 @@ impl Server {
     }
 
     /// The server's time zone: the zone of DateTime columns without one.
-    pub async fn timezone(&self) -> Result<jiff::tz::TimeZone, Failure> {
+    pub(crate) async fn timezone(&self) -> Result<jiff::tz::TimeZone, Failure> {
         let text = self.text("SELECT timezone()", &[]).await?;
         let name = text.trim();
         jiff::tz::TimeZone::get(name).map_err(|e| Failure {
@@ -326,12 +346,12 @@ impl Server {
     }
 
     /// The table's columns, or `None` if the table does not exist.
-    pub async fn describe(&self, table: &str) -> Result<Option<Vec<Described>>, Failure> {
+    pub(crate) async fn describe(&self, table: &str) -> Result<Option<Vec<Described>>, Failure> {
         let sql = format!("DESCRIBE TABLE `{}`.`{table}`", self.cfg.database);
         let text = match self.text(&sql, &[]).await {
             Ok(t) => t,
             // Unknown table, or unknown database (then the table is missing too).
-            Err(f) if matches!(f.code, Some(60) | Some(81)) => return Ok(None),
+            Err(f) if f.is_missing_table() => return Ok(None),
             Err(f) => return Err(f),
         };
         Ok(Some(
@@ -351,7 +371,7 @@ impl Server {
 
     /// Whether a retried batch is recognised by this server and table, and
     /// why (DESIGN.md §2.3).
-    pub async fn delivery(&self, version: Version, table: &str) -> Delivery {
+    pub(crate) async fn delivery(&self, version: Version, table: &str) -> Delivery {
         if !version.has_dedup_token() {
             return Delivery::AtLeastOnce(format!(
                 "ClickHouse {version} has no insert_deduplication_token (22.2 and later have)"
@@ -412,7 +432,11 @@ impl Server {
     /// §1, with exactly its columns. On servers that can deduplicate inserts
     /// into a plain MergeTree, the table is created with a deduplication
     /// window so that a re-sent batch is recognised.
-    pub async fn create_default_table(&self, version: Version, table: &str) -> Result<(), Failure> {
+    pub(crate) async fn create_default_table(
+        &self,
+        version: Version,
+        table: &str,
+    ) -> Result<(), Failure> {
         let db = &self.cfg.database;
         if db != "default" {
             self.text(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"), &[])
@@ -442,7 +466,7 @@ impl Server {
     /// Sends one INSERT of pre-encoded RowBinary `parts`. Only `Ok` means the
     /// rows are committed; the request is bounded by the configured timeouts
     /// rather than dropped half-way by the caller.
-    pub async fn insert(
+    pub(crate) async fn insert(
         &self,
         sql: &str,
         parts: Vec<bytes::Bytes>,
@@ -469,7 +493,7 @@ impl Server {
 }
 
 /// `url` with any `user:password@` in it masked, for logs and reports.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -481,7 +505,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The certificates of a PEM file, or what is wrong with it.
-pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?
         .collect();
@@ -513,7 +537,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 
 /// Whether a crash can send a batch twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     ExactlyOnce(String),
     AtLeastOnce(String),
 }
@@ -555,7 +579,7 @@ fn unescape_tsv(s: &str) -> String {
 
 /// The insertable columns of a described table, as a [`Schema`]. Columns
 /// computed by the server (MATERIALIZED, ALIAS, EPHEMERAL) are left to it.
-pub fn schema_of(
+pub(crate) fn schema_of(
     columns: &[Described],
     server_tz: &jiff::tz::TimeZone,
     version: Version,
@@ -574,14 +598,14 @@ pub fn schema_of(
 
 /// Capped exponential backoff with full jitter.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             initial,
             max,
@@ -591,7 +615,7 @@ impl Backoff {
 
     /// The next wait: a random time between half and all of the capped
     /// exponential step, so that many chtails do not retry in step.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self
             .initial
             .saturating_mul(1u32 << self.attempt.min(16))
@@ -601,12 +625,8 @@ impl Backoff {
         half + half.mul_f64(rand::random::<f64>())
     }
 
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempt
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
     }
 }
 

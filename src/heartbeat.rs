@@ -25,7 +25,7 @@ fn create_sql(database: &str, table: &str, version: Version) -> String {
 }
 
 /// Runs until aborted.
-pub async fn run(
+pub(crate) async fn run(
     server: Server,
     version: Version,
     cfg: Heartbeat,

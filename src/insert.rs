@@ -37,7 +37,7 @@ use crate::stats::Stats;
 /// Released files whose every byte is committed are forgotten after this.
 const PRUNE_AFTER_SECS: u64 = 3600;
 
-pub struct Inserter {
+pub(crate) struct Inserter {
     pub server: Server,
     /// The INSERT statement of each table, by route.
     pub sqls: Vec<String>,
@@ -61,12 +61,9 @@ const PERSIST_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(
 /// A state directory that cannot be written is logged at most this often.
 const STATE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// ClickHouse's TOO_MANY_PARTS.
-const TOO_MANY_PARTS: u32 = 252;
-
 /// How the insert stage ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every batch it was given is in ClickHouse and committed.
     Drained,
     /// The shutdown deadline passed; this many rows stay in the log files,
@@ -89,7 +86,7 @@ enum SendError {
 }
 
 impl Inserter {
-    pub async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
+    pub(crate) async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
         while let Some(batch) = input.recv().await {
             let token = batch::token(&batch);
             tracing::debug!(token, rows = batch.rows, ranges = ?batch.ranges(), "sending batch");
@@ -117,7 +114,7 @@ impl Inserter {
 
     /// Re-sends the batch a crash interrupted, under its recorded token,
     /// and commits it. False if the shutdown deadline stopped it first.
-    pub async fn replay(&mut self, batch: &Batch, token: &str) -> bool {
+    pub(crate) async fn replay(&mut self, batch: &Batch, token: &str) -> bool {
         self.deliver(batch, token).await && self.commit(batch).await
     }
 
@@ -339,7 +336,7 @@ impl Inserter {
             if failure.class == Class::BadData {
                 return Err(SendError::Bad(failure));
             }
-            if failure.code == Some(TOO_MANY_PARTS) {
+            if failure.is_parts_pressure() {
                 // Fewer, bigger inserts give the server's merges time.
                 let p = &self.stats.parts_pressure;
                 let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {

@@ -50,15 +50,15 @@ macro_rules! out {
 pub mod config;
 
 // The stages, in pipeline order.
-pub mod batch;
+mod batch;
 pub mod checkpoint;
-pub mod clickhouse;
+mod clickhouse;
 pub mod identity;
-pub mod insert;
+mod insert;
 pub mod parse;
 pub mod quarantine;
 pub mod queue;
-pub mod replay;
+mod replay;
 pub mod tail;
 
 // The commands, and the daemon that wires the stages together.

@@ -19,7 +19,7 @@ use crate::stats::{DELAY_BUCKETS, FAILURE_CLASSES, REJECT_KINDS, Stats, now_ms};
 use crate::status::{self, FileStatus};
 
 /// What the endpoint reports on.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub stats: Arc<Stats>,
     /// Whether the state can be written.
     pub state: Arc<StateHealth>,
@@ -30,7 +30,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(stats: Arc<Stats>, state: Arc<StateHealth>) -> Arc<Endpoint> {
+    pub(crate) fn new(stats: Arc<Stats>, state: Arc<StateHealth>) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             stats,
             state,
@@ -41,13 +41,13 @@ impl Endpoint {
     }
 
     /// Reports on a (new) running pipeline.
-    pub fn attach(&self, checkpoints: Option<Arc<Mutex<Checkpoints>>>, ready_max_lag: u64) {
+    pub(crate) fn attach(&self, checkpoints: Option<Arc<Mutex<Checkpoints>>>, ready_max_lag: u64) {
         *self.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
         self.ready_max_lag.store(ready_max_lag, Ordering::Relaxed);
     }
 
     /// Tracked files and their lag (files still being read).
-    pub fn files(&self) -> Vec<FileStatus> {
+    pub(crate) fn files(&self) -> Vec<FileStatus> {
         let cp = self
             .checkpoints
             .read()
@@ -66,12 +66,12 @@ impl Endpoint {
     }
 
     /// Unread bytes over all files.
-    pub fn total_lag(&self) -> u64 {
+    pub(crate) fn total_lag(&self) -> u64 {
         self.files().iter().filter_map(|f| f.lag_bytes).sum()
     }
 
     /// `Ok(reason)` when ready, `Err(reason)` when not.
-    pub fn ready(&self) -> Result<String, String> {
+    pub(crate) fn ready(&self) -> Result<String, String> {
         if self.checkpoints.read().map(|c| c.is_none()).unwrap_or(true) {
             return Err("not shipping yet (starting or reloading)".into());
         }
@@ -94,7 +94,7 @@ impl Endpoint {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let s = &self.stats;
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -277,7 +277,7 @@ const MAX_CONNECTIONS: usize = 32;
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the endpoint until the task is aborted.
-pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
+pub(crate) async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut last_error: Option<std::time::Instant> = None;
     loop {
@@ -375,7 +375,11 @@ fn respond(endpoint: &Endpoint, method: &str, path: &str) -> (&'static str, &'st
 }
 
 /// How long a stage may show no sign of life before it counts as stuck.
-pub fn stuck_stage(stats: &Stats, tail_grace: Duration, insert_grace: Duration) -> Option<String> {
+pub(crate) fn stuck_stage(
+    stats: &Stats,
+    tail_grace: Duration,
+    insert_grace: Duration,
+) -> Option<String> {
     let now = now_ms();
     let beat = stats.tail_beat_ms.load(Ordering::Relaxed);
     if beat > 0 && now.saturating_sub(beat) > tail_grace.as_millis() as u64 {

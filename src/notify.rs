@@ -6,7 +6,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, String)>,
     /// `$WATCHDOG_USEC`, if systemd expects pings (and they are for us).
     watchdog: Option<Duration>,
@@ -14,7 +14,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// Reads the environment systemd sets up.
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let socket = std::env::var("NOTIFY_SOCKET")
             .ok()
             .filter(|s| !s.is_empty())
@@ -32,16 +32,16 @@ impl Notifier {
     }
 
     /// How often systemd wants a watchdog ping, if it does.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.socket.is_some()
     }
 
     /// Sends `state` (newline-separated `KEY=value` assignments).
-    pub fn send(&self, state: &str) {
+    pub(crate) fn send(&self, state: &str) {
         let Some((socket, path)) = &self.socket else {
             return;
         };
@@ -58,28 +58,28 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&format!("STATUS={}", one_line(status)));
     }
 
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send("WATCHDOG=1");
     }
 
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         self.send(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
-    pub fn reloading(&self, status: &str) {
+    pub(crate) fn reloading(&self, status: &str) {
         self.send(&format!("RELOADING=1\nSTATUS={}", one_line(status)));
     }
 
     /// Asks systemd to wait `more` beyond its stop (or start) timeout.
-    pub fn extend_timeout(&self, more: Duration) {
+    pub(crate) fn extend_timeout(&self, more: Duration) {
         self.send(&format!("EXTEND_TIMEOUT_USEC={}", more.as_micros()));
     }
 }

@@ -10,13 +10,13 @@ use crate::parse::{Encoder, Schema};
 use crate::tail::SourceRoute;
 
 /// A table chtail writes to.
-pub struct Table {
+pub(crate) struct Table {
     pub name: String,
     pub schema: Arc<Schema>,
     pub sql: String,
 }
 
-pub struct Plan {
+pub(crate) struct Plan {
     pub version: Version,
     /// The distinct tables, in the order sources first name them; a
     /// chunk's and a batch's `route` index this.
@@ -27,7 +27,7 @@ pub struct Plan {
 
 /// Why there is no plan: the first failure's class, and every problem.
 #[derive(Debug)]
-pub struct Problems {
+pub(crate) struct Problems {
     pub class: Class,
     pub messages: Vec<String>,
 }
@@ -49,7 +49,7 @@ impl From<Failure> for Problems {
 /// Reads every target table (creating missing ones if configured) and
 /// binds every source to its table. `notes` gets what an operator should
 /// know but need not act on.
-pub async fn prepare(
+pub(crate) async fn prepare(
     server: &Server,
     config: &Config,
     notes: &mut Vec<String>,

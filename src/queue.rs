@@ -106,10 +106,10 @@ impl Chunk {
     /// What the chunk costs the queue's byte bound: the memory it holds
     /// (allocated capacity, not length), its own struct included.
     pub fn weight(&self) -> usize {
-        std::mem::size_of::<Chunk>()
+        size_of::<Chunk>()
             + self.data.len()
-            + self.rows.capacity() * std::mem::size_of::<RowMark>()
-            + self.times.capacity() * std::mem::size_of::<i64>()
+            + self.rows.capacity() * size_of::<RowMark>()
+            + self.times.capacity() * size_of::<i64>()
     }
 
     /// Encoded bytes of rows `from..to`.

@@ -30,7 +30,7 @@ use crate::tail::{
 
 /// Rebuilds the batch of `manifest` that is not committed yet from the log
 /// files: the same bytes, read and encoded again, in the same order.
-pub fn interrupted_batch(
+pub(crate) fn interrupted_batch(
     manifest: &Manifest,
     checkpoints: &Mutex<Checkpoints>,
     config: &Config,

@@ -117,11 +117,6 @@ impl Schema {
         &self.columns
     }
 
-    /// Whether rows are sent as `RowBinaryWithDefaults`.
-    pub fn with_defaults(&self) -> bool {
-        self.with_defaults
-    }
-
     /// Columns whose DEFAULT expression the server cannot apply to rows
     /// chtail sends (old servers without `RowBinaryWithDefaults`): a
     /// missing key gets the type's default there.
@@ -345,10 +340,6 @@ impl Encoder {
     pub fn with_time_key(mut self, key: Option<String>) -> Encoder {
         self.time_key = key;
         self
-    }
-
-    pub fn schema(&self) -> &Arc<Schema> {
-        &self.schema
     }
 
     /// Whether any column takes the line's metadata (the caller then

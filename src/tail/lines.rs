@@ -10,7 +10,7 @@
 
 /// One unit of output, with the file offsets it covers.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     /// A complete line, without its `\n`. `start` is the offset of its first
     /// byte, and the line ends at `start + line.len() + 1`.
     Line { start: u64, line: &'a [u8] },
@@ -25,7 +25,7 @@ pub enum Piece<'a> {
 
 impl Piece<'_> {
     /// The offset just past this piece's newline.
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         match self {
             Piece::Line { start, line } => start + line.len() as u64 + 1,
             Piece::TooLong { start, len, .. } => start + len,
@@ -34,10 +34,10 @@ impl Piece<'_> {
 }
 
 /// How many bytes of an over-long line are kept for the quarantine.
-pub const TOO_LONG_HEAD: usize = 4096;
+pub(super) const TOO_LONG_HEAD: usize = 4096;
 
 #[derive(Debug)]
-pub struct LineSplitter {
+pub(crate) struct LineSplitter {
     /// Bytes fed and not yet dropped; `buf[consumed..]` is not handed out yet.
     buf: Vec<u8>,
     consumed: usize,
@@ -60,7 +60,7 @@ struct Skip {
 
 impl LineSplitter {
     /// A splitter whose first byte is at file offset `offset`.
-    pub fn new(offset: u64, max_line: usize) -> Self {
+    pub(crate) fn new(offset: u64, max_line: usize) -> Self {
         LineSplitter {
             buf: Vec::new(),
             consumed: 0,
@@ -72,7 +72,7 @@ impl LineSplitter {
     }
 
     /// Offset just past the last piece handed out: where a reader resumes.
-    pub fn emitted_offset(&self) -> u64 {
+    pub(crate) fn emitted_offset(&self) -> u64 {
         match &self.skip {
             Some(skip) => skip.start,
             None => self.base + self.consumed as u64,
@@ -80,17 +80,17 @@ impl LineSplitter {
     }
 
     /// Offset of the next byte this splitter expects to be fed.
-    pub fn fed_offset(&self) -> u64 {
+    pub(crate) fn fed_offset(&self) -> u64 {
         self.base + self.buf.len() as u64
     }
 
     /// Bytes held for a line whose newline has not arrived yet.
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         self.fed_offset() - self.emitted_offset()
     }
 
     /// Appends bytes that were read at `fed_offset()`.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
         if self.consumed > 0 {
             self.buf.drain(..self.consumed);
             self.base += self.consumed as u64;
@@ -115,7 +115,7 @@ impl LineSplitter {
     }
 
     /// The next complete line or over-long line, if one is complete.
-    pub fn next_piece(&mut self) -> Option<Piece<'_>> {
+    pub(crate) fn next_piece(&mut self) -> Option<Piece<'_>> {
         if let Some(skip) = &self.skip {
             if !skip.done {
                 return None;
@@ -166,7 +166,7 @@ impl LineSplitter {
 
 /// Position of the first `needle`; the slice scan compiles to a fast loop and
 /// keeps the dependency tree small.
-pub fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+pub(super) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == needle)
 }
 

@@ -13,7 +13,7 @@ use super::{Control, SourceRoute};
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The source a path belongs to: the first whose globs match it.
-pub fn source_of(sources: &[SourceRoute], path: &Path) -> Option<usize> {
+pub(super) fn source_of(sources: &[SourceRoute], path: &Path) -> Option<usize> {
     sources.iter().position(|s| {
         s.patterns.iter().any(|p| {
             glob::Pattern::new(p)
@@ -71,7 +71,7 @@ pub fn has_compressed_magic(b: &[u8]) -> bool {
 /// `events.jsonl-20261201`), or a suffix set between the live name's stem
 /// and its extension (`events.1.jsonl`, `events.2026-12-01.jsonl`).
 /// Compressed rotations are never read as text.
-pub fn is_rotation_of(live: &str, name: &str) -> bool {
+pub(super) fn is_rotation_of(live: &str, name: &str) -> bool {
     if name == live || is_compressed_name(Path::new(name)) {
         return false;
     }

@@ -352,7 +352,7 @@ pub(super) fn commit_past(t: &Tracked, sink: &Sink<'_>, end: u64) -> Result<(), 
 }
 
 /// This machine's host name, for the host metadata column.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

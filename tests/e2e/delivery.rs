@@ -275,7 +275,7 @@ fn a_bad_config_names_every_key_and_line_and_starts_nothing() {
         "[clickhouse]\nurl = \"http://127.0.0.1:1\"\npasword = \"x\"\n\n[[source]]\npaths = [\"/tmp/x\"]\n\n[batch]\nmax_wait = \"fast\"\n",
     )
     .unwrap();
-    let out = crate::support::chtail_cmd(&["run"], &config);
+    let out = support::chtail_cmd(&["run"], &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
@@ -297,7 +297,7 @@ fn check_says_plainly_when_clickhouse_is_unreachable() {
         ),
     )
     .unwrap();
-    let out = crate::support::chtail_cmd(&["check"], &config);
+    let out = support::chtail_cmd(&["check"], &config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -312,7 +312,7 @@ fn check_creates_the_table_and_status_shows_lag() {
     let ch = shared();
     let env = support::Env::new(ch, "check_status", "events.jsonl", "");
     append(&env.log("events.jsonl"), 0, 10);
-    let out = crate::support::chtail_cmd(&["check"], &env.config);
+    let out = support::chtail_cmd(&["check"], &env.config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("created it"), "{stdout}");
@@ -326,7 +326,7 @@ fn check_creates_the_table_and_status_shows_lag() {
     expect_rows(ch, &env.table(), 10);
     assert!(chtail.terminate(SHORT).success());
     append(&env.log("events.jsonl"), 10, 20);
-    let out = crate::support::chtail_cmd(&["status", "--json"], &env.config);
+    let out = support::chtail_cmd(&["status", "--json"], &env.config);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let size = std::fs::metadata(env.log("events.jsonl")).unwrap().len();
     assert_eq!(rows[0]["size"], size);

@@ -92,16 +92,15 @@ fn with_no_usable_state_chtail_refuses_to_start_rather_than_start_from_zero() {
 }
 
 /// Descriptors chtail holds on files that were deleted.
+/// Panics if it cannot look: "nothing held" must be an observation.
 fn deleted_files_held(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.flatten()
-                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                .map(|target| target.display().to_string())
-                .filter(|t| t.ends_with("(deleted)") && t.contains("/logs/"))
-                .collect()
-        })
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/fd: {e}"))
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|t| t.ends_with("(deleted)") && t.contains("/logs/"))
+        .collect()
 }
 
 #[test]

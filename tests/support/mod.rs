@@ -6,8 +6,6 @@
 //! free loopback ports with a temporary data directory, and a watchdog stops
 //! it when the test process ends, however it ends.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A private ClickHouse server.
-pub struct ClickHouse {
+pub(crate) struct ClickHouse {
     pub http_port: u16,
     tcp_port: u16,
     dir: PathBuf,
@@ -28,7 +26,7 @@ pub struct ClickHouse {
     pub tls_port: Option<u16>,
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -36,13 +34,13 @@ pub fn free_port() -> u16 {
 }
 
 /// The shared server for tests that do not stop it.
-pub fn shared() -> &'static ClickHouse {
+pub(crate) fn shared() -> &'static ClickHouse {
     static SERVER: OnceLock<ClickHouse> = OnceLock::new();
     SERVER.get_or_init(ClickHouse::start)
 }
 
 impl ClickHouse {
-    pub fn start() -> ClickHouse {
+    pub(crate) fn start() -> ClickHouse {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut ch = ClickHouse {
@@ -61,13 +59,13 @@ impl ClickHouse {
 
     /// A modern ClickHouse (26.x, through chdb) behind the HTTP front in
     /// `tests/support/chdb_front.py`. `password` is required if not empty.
-    pub fn modern(password: &str) -> ClickHouse {
+    pub(crate) fn modern(password: &str) -> ClickHouse {
         ClickHouse::modern_with(password, false)
     }
 
     /// [`ClickHouse::modern`], also serving HTTPS with a certificate signed
     /// by a throwaway CA (`ca_file()`).
-    pub fn modern_tls() -> ClickHouse {
+    pub(crate) fn modern_tls() -> ClickHouse {
         ClickHouse::modern_with("", true)
     }
 
@@ -108,19 +106,19 @@ impl ClickHouse {
     }
 
     /// Makes the chdb front refuse, as bad data, any insert holding `marker`.
-    pub fn reject_rows_with(&self, marker: &str) {
+    pub(crate) fn reject_rows_with(&self, marker: &str) {
         std::fs::write(self.dir.join("reject"), marker).unwrap();
     }
 
-    pub fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
-    pub fn is_modern(&self) -> bool {
+    pub(crate) fn is_modern(&self) -> bool {
         self.modern
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
@@ -217,7 +215,7 @@ impl ClickHouse {
     }
 
     /// Stops the server (its data stays); `resume` starts it again.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
@@ -230,7 +228,7 @@ impl ClickHouse {
     }
 
     /// SIGKILLs the server process itself, mid-whatever.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
             let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         }
@@ -239,27 +237,27 @@ impl ClickHouse {
         }
     }
 
-    pub fn resume(&mut self) {
+    pub(crate) fn resume(&mut self) {
         self.spawn();
     }
 
     /// Runs a query; panics on failure.
-    pub fn query(&self, sql: &str) -> String {
+    pub(crate) fn query(&self, sql: &str) -> String {
         self.try_query(sql)
             .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"))
     }
 
-    pub fn try_query(&self, sql: &str) -> Result<String, String> {
+    pub(crate) fn try_query(&self, sql: &str) -> Result<String, String> {
         http_post(self.http_port, "/", sql.as_bytes(), &self.password())
     }
 
     /// The password the server requires ("" for none).
-    pub fn password(&self) -> String {
+    pub(crate) fn password(&self) -> String {
         std::fs::read_to_string(self.dir.join("password")).unwrap_or_default()
     }
 
     /// `SELECT count()` etc. as a number.
-    pub fn number(&self, sql: &str) -> u64 {
+    pub(crate) fn number(&self, sql: &str) -> u64 {
         let out = self.query(sql);
         out.trim()
             .parse()
@@ -274,7 +272,12 @@ impl Drop for ClickHouse {
 }
 
 /// A plain HTTP/1.0 POST (no chunked replies), enough for tests.
-pub fn http_post(port: u16, path: &str, body: &[u8], password: &str) -> Result<String, String> {
+pub(crate) fn http_post(
+    port: u16,
+    path: &str,
+    body: &[u8],
+    password: &str,
+) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let head = format!(
@@ -304,7 +307,7 @@ fn which(cmd: &str) -> bool {
 }
 
 /// A test's own directories, database and config.
-pub struct Env {
+pub(crate) struct Env {
     pub tmp: tempfile::TempDir,
     pub logs: PathBuf,
     pub state: PathBuf,
@@ -314,7 +317,7 @@ pub struct Env {
 
 impl Env {
     /// `extra` is appended to the config (e.g. a `[batch]` section).
-    pub fn new(ch: &ClickHouse, name: &str, glob: &str, extra: &str) -> Env {
+    pub(crate) fn new(ch: &ClickHouse, name: &str, glob: &str, extra: &str) -> Env {
         let tmp = tempfile::tempdir().expect("tempdir");
         let logs = tmp.path().join("logs");
         let state = tmp.path().join("state");
@@ -368,21 +371,21 @@ dir = "{state}"
         }
     }
 
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         format!("{}.argus_events", self.database)
     }
 
-    pub fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.logs.join(name)
     }
 
-    pub fn start(&self) -> Chtail {
+    pub(crate) fn start(&self) -> Chtail {
         Chtail::start(&self.config, &self.tmp.path().join("chtail.log"))
     }
 }
 
 /// One event line; `seq` makes each line unique (it goes into `ts`).
-pub fn event(seq: u64) -> String {
+pub(crate) fn event(seq: u64) -> String {
     let (event, extra) = if seq.is_multiple_of(3) {
         ("interaction", String::new())
     } else {
@@ -402,7 +405,7 @@ pub fn event(seq: u64) -> String {
 }
 
 /// Appends events `from..to` to `path`, one write per line as a logger would.
-pub fn append(path: &Path, from: u64, to: u64) {
+pub(crate) fn append(path: &Path, from: u64, to: u64) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -420,7 +423,7 @@ pub fn append(path: &Path, from: u64, to: u64) {
     f.write_all(buf.as_bytes()).unwrap();
 }
 
-pub fn append_raw(path: &Path, bytes: &[u8]) {
+pub(crate) fn append_raw(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -430,7 +433,7 @@ pub fn append_raw(path: &Path, bytes: &[u8]) {
 }
 
 /// Waits until `f` holds, or panics with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -442,18 +445,18 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// chtail as a real process.
-pub struct Chtail {
+pub(crate) struct Chtail {
     child: Option<Child>,
     pub log: PathBuf,
 }
 
 impl Chtail {
-    pub fn start(config: &Path, log: &Path) -> Chtail {
+    pub(crate) fn start(config: &Path, log: &Path) -> Chtail {
         Chtail::start_with_env(config, log, &[])
     }
 
     /// With extra environment variables (e.g. `NOTIFY_SOCKET`).
-    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Chtail {
+    pub(crate) fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Chtail {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -477,23 +480,23 @@ impl Chtail {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])
             .status();
     }
 
     /// SIGTERM, then the exit status (panics if it does not exit in time).
-    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.signal("TERM");
         self.wait(within)
     }
 
-    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + within;
         loop {
@@ -511,14 +514,14 @@ impl Chtail {
         }
     }
 
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -537,24 +540,24 @@ impl Drop for Chtail {
 }
 
 /// Rows in the table and how many distinct events among them.
-pub fn count_and_unique(ch: &ClickHouse, table: &str) -> (u64, u64) {
+pub(crate) fn count_and_unique(ch: &ClickHouse, table: &str) -> (u64, u64) {
     let out = ch.query(&format!("SELECT count(), uniqExact(ts) FROM {table}"));
     let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
     (it.next().unwrap(), it.next().unwrap())
 }
 
 /// Rows in `table`, 0 if it does not exist yet.
-pub fn count(ch: &ClickHouse, table: &str) -> u64 {
+pub(crate) fn count(ch: &ClickHouse, table: &str) -> u64 {
     ch.try_query(&format!("SELECT count() FROM {table}"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
 }
 
-pub const SHORT: Duration = Duration::from_secs(60);
+pub(crate) const SHORT: Duration = Duration::from_secs(60);
 
 /// Waits for `n` rows, then checks there are exactly `n`, all distinct.
-pub fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
+pub(crate) fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
     wait_until(SHORT, &format!("{n} rows in {table}"), || {
         count(ch, table) >= n
     });
@@ -568,7 +571,14 @@ pub fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
 }
 
 /// Starts the Python bot writer (`tests/support/bot.py`).
-pub fn bot(path: &Path, handler: &str, first: u64, count: u64, max_bytes: u64, rate: u64) -> Child {
+pub(crate) fn bot(
+    path: &Path,
+    handler: &str,
+    first: u64,
+    count: u64,
+    max_bytes: u64,
+    rate: u64,
+) -> Child {
     Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/bot.py"))
         .arg(path)
@@ -584,7 +594,7 @@ pub fn bot(path: &Path, handler: &str, first: u64, count: u64, max_bytes: u64, r
 }
 
 /// `GET path` on the metrics listener: (status code, body).
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -601,31 +611,30 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// The value of one sample line (`name{labels}`) in an exposition.
-pub fn sample(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-pub fn metrics_port(env: &Env) -> u16 {
+pub(crate) fn metrics_port(env: &Env) -> u16 {
     let text = std::fs::read_to_string(&env.config).unwrap();
     let at = text.find("listen = \"127.0.0.1:").unwrap() + "listen = \"127.0.0.1:".len();
     text[at..].split('"').next().unwrap().parse().unwrap()
 }
 
 /// The bot's pace, for every rotation and delivery test that writes live.
-pub const BOT_RATE: u64 = 20_000;
-pub const BOT_SECS: u64 = 15;
+pub(crate) const BOT_RATE: u64 = 20_000;
+pub(crate) const BOT_SECS: u64 = 15;
 
 /// The bot writer at its own pace, its output kept to learn the rate it
 /// reached.
-pub struct Writer {
+pub(crate) struct Writer {
     child: Child,
-    pub events: u64,
 }
 
 impl Writer {
     /// `tests/support/bot.py` writing `count` events from `first` at `rate`.
-    pub fn start(
+    pub(crate) fn start(
         path: &Path,
         handler: &str,
         first: u64,
@@ -646,18 +655,15 @@ impl Writer {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
-        Writer {
-            child,
-            events: count,
-        }
+        Writer { child }
     }
 
-    pub fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the writer; returns the events per second it reached.
-    pub fn finish(self) -> f64 {
+    pub(crate) fn finish(self) -> f64 {
         let out = self.child.wait_with_output().unwrap();
         assert!(out.status.success(), "the bot writer failed");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -674,14 +680,14 @@ impl Writer {
 
 /// Tests that load the machine (a writer at the bot's pace) run one at a
 /// time, so that each gets the pace it asks for.
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The peak resident memory of a running process so far (VmHWM), in KiB.
 /// Panics if it cannot be read: a test that cannot observe must not pass.
-pub fn peak_rss_kib(pid: u32) -> u64 {
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
     status
@@ -696,7 +702,7 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 /// then stops chtail, which drains whatever it read, and counts: after its
 /// exit nothing more can arrive. Returns (distinct events, duplicated
 /// rows). chtail must exit 0.
-pub fn finish(
+pub(crate) fn finish(
     ch: &ClickHouse,
     table: &str,
     n: u64,
@@ -721,7 +727,7 @@ pub fn finish(
 
 /// Seqs of the events in the table (decoded from `ts`), with how often each
 /// occurs.
-pub fn seq_counts(ch: &ClickHouse, table: &str) -> std::collections::HashMap<u64, u64> {
+pub(crate) fn seq_counts(ch: &ClickHouse, table: &str) -> std::collections::HashMap<u64, u64> {
     let out = ch.query(&format!(
         "SELECT substring(ts, 21, 6), count() FROM {table} GROUP BY ts"
     ));
@@ -734,7 +740,7 @@ pub fn seq_counts(ch: &ClickHouse, table: &str) -> std::collections::HashMap<u64
 }
 
 /// Seqs of the events found in the files of `dir` (compressed ones too).
-pub fn seqs_on_disk(dir: &Path) -> std::collections::HashSet<u64> {
+pub(crate) fn seqs_on_disk(dir: &Path) -> std::collections::HashSet<u64> {
     let mut out = std::collections::HashSet::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -757,7 +763,7 @@ pub fn seqs_on_disk(dir: &Path) -> std::collections::HashSet<u64> {
 
 /// Whether `chtail status` shows every non-empty file of `logs` tracked and
 /// committed to its end.
-pub fn all_committed(config: &Path, logs: &Path) -> bool {
+pub(crate) fn all_committed(config: &Path, logs: &Path) -> bool {
     let out = chtail_cmd(&["status", "--json"], config);
     let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
         return false;
@@ -776,7 +782,7 @@ pub fn all_committed(config: &Path, logs: &Path) -> bool {
 /// Waits until `table` holds `n` distinct events (or `timeout` passes),
 /// gives a stray extra insert a moment to show, and returns
 /// (distinct events, duplicated rows).
-pub fn tally(ch: &ClickHouse, table: &str, n: u64, timeout: Duration) -> (u64, u64) {
+pub(crate) fn tally(ch: &ClickHouse, table: &str, n: u64, timeout: Duration) -> (u64, u64) {
     let deadline = Instant::now() + timeout;
     while (seq_counts(ch, table).len() as u64) < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -788,10 +794,10 @@ pub fn tally(ch: &ClickHouse, table: &str, n: u64, timeout: Duration) -> (u64, u
 }
 
 /// A small deterministic random source for kill timings (xorshift).
-pub struct XorShift(pub u64);
+pub(crate) struct XorShift(pub u64);
 
 impl XorShift {
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -800,7 +806,7 @@ impl XorShift {
 }
 
 /// Runs `chtail SUBCOMMAND [ARGS] --config CONFIG` to completion.
-pub fn chtail_cmd(args: &[&str], config: &Path) -> std::process::Output {
+pub(crate) fn chtail_cmd(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_chtail"))
         .args(args)
         .arg("--config")
