@@ -120,17 +120,7 @@ pub async fn check(config: &Config) -> usize {
             if rotations.is_empty() {
                 continue;
             }
-            let names: Vec<String> = rotations
-                .iter()
-                .rev()
-                .take(5)
-                .map(|p| {
-                    p.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .collect();
+            let names = tail::file_names(rotations.iter().rev().take(5));
             crate::out!(
                 "note     source {pattern}: {} file(s) are rotations of {} (read if chtail did not see them): {}{}",
                 rotations.len(),

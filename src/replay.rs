@@ -15,8 +15,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-
 use crate::batch::Batch;
 use crate::checkpoint::{Checkpoints, FileState, Manifest};
 use crate::config::{self, Config};
@@ -134,19 +132,9 @@ fn reread(
         path: &path,
         handle: &handle,
     };
-    Ok(builder.take_chunk(&origin).unwrap_or_else(|| Chunk {
-        route: source.route,
-        file: id,
-        identity,
-        path: path.clone(),
-        handle: handle.clone(),
-        start,
-        end,
-        rows: Vec::new(),
-        data: Bytes::new(),
-        times: Vec::new(),
-        held: None,
-    }))
+    Ok(builder
+        .take_chunk(&origin)
+        .unwrap_or_else(|| origin.empty_chunk(start, end)))
 }
 
 /// Finds a checkpointed file again: at its recorded path, or by identity

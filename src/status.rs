@@ -60,15 +60,7 @@ pub fn print_rotations(config: &Config) {
             if rotations.is_empty() {
                 continue;
             }
-            let names: Vec<String> = rotations
-                .iter()
-                .map(|p| {
-                    p.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .collect();
+            let names = crate::tail::file_names(rotations.iter());
             crate::out!("rotations of {}: {}", live.display(), names.join(" "));
         }
     }

@@ -49,7 +49,8 @@ use lines::LineSplitter;
 pub(crate) use lines::LineSplitter as Splitter;
 pub(crate) use paths::literal_dir;
 pub use paths::{
-    has_compressed_magic, is_compressed_name, line_body, rotations_of_pattern, source_near,
+    file_names, has_compressed_magic, is_compressed_name, line_body, rotations_of_pattern,
+    source_near,
 };
 use read::{CHUNK_ROWS, ReadError, Sink, commit_past, flush_incomplete, read_file};
 pub(crate) use read::{ChunkBuilder, LineEncoder, Origin, host_name};

@@ -130,6 +130,18 @@ pub fn rotations_of_pattern(pattern: &str) -> Vec<(PathBuf, Vec<PathBuf>)> {
     out
 }
 
+/// The file names of `paths`, for listing rotations.
+pub fn file_names<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Vec<String> {
+    paths
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// The directory part of a glob before its first wildcard.
 pub(crate) fn literal_dir(pattern: &str) -> PathBuf {
     let mut dir = PathBuf::new();

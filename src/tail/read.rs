@@ -80,6 +80,38 @@ pub(crate) struct Origin<'a> {
     pub(crate) handle: &'a Arc<File>,
 }
 
+impl Origin<'_> {
+    /// A chunk of no rows covering `start..end`: it commits the file past
+    /// those bytes, in order behind the chunks queued before it.
+    pub(crate) fn empty_chunk(&self, start: u64, end: u64) -> Chunk {
+        Chunk {
+            route: self.route,
+            file: self.file,
+            identity: self.identity,
+            path: self.path.clone(),
+            handle: self.handle.clone(),
+            start,
+            end,
+            rows: Vec::new(),
+            data: Bytes::new(),
+            times: Vec::new(),
+            held: None,
+        }
+    }
+}
+
+impl Tracked {
+    fn origin(&self, route: u16) -> Origin<'_> {
+        Origin {
+            route,
+            file: self.id,
+            identity: self.identity,
+            path: &self.path,
+            handle: &self.file,
+        }
+    }
+}
+
 impl ChunkBuilder {
     pub(crate) fn new(at: u64) -> Self {
         ChunkBuilder {
@@ -138,6 +170,7 @@ pub(super) fn read_file(
     builder: &mut ChunkBuilder,
 ) -> Result<bool, ReadError> {
     builder.reset(t.splitter.emitted_offset());
+    // Field by field: the splitter is borrowed mutably beside it.
     let origin = Origin {
         route: sink.route,
         file: t.id,
@@ -315,40 +348,16 @@ pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cance
     let reject = Reject::InvalidJson("incomplete last line (no newline) in a rotated file".into());
     sink.enc
         .reject(&t.path, start, &reject, &head, n as u64 != end - start)?;
-    let chunk = Chunk {
-        route: sink.route,
-        file: t.id,
-        identity: t.identity,
-        path: t.path.clone(),
-        handle: t.file.clone(),
-        start,
-        end,
-        rows: Vec::new(),
-        data: Bytes::new(),
-        times: Vec::new(),
-        held: None,
-    };
-    sink.queue.push(chunk, sink.cancel)
+    sink.queue
+        .push(t.origin(sink.route).empty_chunk(start, end), sink.cancel)
 }
 
 /// Commits a file past `end` without rows of its own, in order behind the
 /// chunks already queued (a copy whose first bytes went out as its
 /// original's).
 pub(super) fn commit_past(t: &Tracked, sink: &Sink<'_>, end: u64) -> Result<(), Cancelled> {
-    let chunk = Chunk {
-        route: sink.route,
-        file: t.id,
-        identity: t.identity,
-        path: t.path.clone(),
-        handle: t.file.clone(),
-        start: end,
-        end,
-        rows: Vec::new(),
-        data: Bytes::new(),
-        times: Vec::new(),
-        held: None,
-    };
-    sink.queue.push(chunk, sink.cancel)
+    sink.queue
+        .push(t.origin(sink.route).empty_chunk(end, end), sink.cancel)
 }
 
 /// This machine's host name, for the host metadata column.

@@ -358,7 +358,8 @@ fn with_two_urls_chtail_fails_over_when_one_server_stops() {
     .unwrap();
     let n = 12_000;
     let mut chtail = env.start();
-    let mut writer = support::bot(&env.log("events.jsonl"), "rotating", 0, n, 256 << 10, 2_000);
+    let mut writer =
+        support::Writer::start(&env.log("events.jsonl"), "rotating", 0, n, 256 << 10, 2_000);
     wait_until(SHORT, "rows on the first server", || {
         count(&a, &env.table()) > 0
     });
@@ -367,11 +368,8 @@ fn with_two_urls_chtail_fails_over_when_one_server_stops() {
         a.try_query("SELECT 1").is_err(),
         "the first server must be down"
     );
-    assert!(
-        writer.try_wait().unwrap().is_none(),
-        "the writer must still be writing"
-    );
-    assert!(writer.wait().unwrap().success());
+    assert!(writer.running(), "the writer must still be writing");
+    writer.finish();
     wait_until(SHORT, "every file committed to its end", || {
         support::all_committed(&env.config, &env.logs)
     });

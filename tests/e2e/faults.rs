@@ -55,6 +55,25 @@ impl Drop for SmallDisk<'_> {
     }
 }
 
+/// The bot writing `n` events at its pace, chtail shipping them, and the
+/// state disk filled once the first rows are in.
+fn fill_while_shipping(env: &Env, disk: &SmallDisk<'_>, n: u64) -> (Writer, support::Chtail) {
+    let writer = Writer::start(
+        &env.log("events.jsonl"),
+        "rotating",
+        0,
+        n,
+        4 << 20,
+        BOT_RATE,
+    );
+    let chtail = env.start();
+    wait_until(SHORT, "the first rows", || {
+        support::count(shared(), &env.table()) > 0
+    });
+    disk.fill();
+    (writer, chtail)
+}
+
 fn metric(port: u16, name: &str) -> f64 {
     sample(&http_get(port, "/metrics").1, name).unwrap_or(0.0)
 }
@@ -71,19 +90,7 @@ fn a_full_state_disk_stops_shipping_until_it_has_room_and_loses_nothing() {
     };
     let port = metrics_port(&env);
     let n = BOT_RATE * BOT_SECS;
-    let writer = Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        4 << 20,
-        BOT_RATE,
-    );
-    let mut chtail = env.start();
-    wait_until(SHORT, "the first rows", || {
-        support::count(ch, &env.table()) > 0
-    });
-    disk.fill();
+    let (writer, mut chtail) = fill_while_shipping(&env, &disk, n);
     wait_until(SHORT, "/ready to say the state cannot be written", || {
         let (code, body) = http_get(port, "/ready");
         code == 503 && body.contains("cannot be written")
@@ -146,19 +153,7 @@ fn a_stop_while_the_state_cannot_be_written_says_so_and_exits_75() {
         return;
     };
     let n = BOT_RATE * BOT_SECS;
-    let writer = Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        4 << 20,
-        BOT_RATE,
-    );
-    let mut chtail = env.start();
-    wait_until(SHORT, "the first rows", || {
-        support::count(ch, &env.table()) > 0
-    });
-    disk.fill();
+    let (writer, mut chtail) = fill_while_shipping(&env, &disk, n);
     std::thread::sleep(Duration::from_secs(3));
     chtail.signal("TERM");
     let status = chtail.wait(SHORT);

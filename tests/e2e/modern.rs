@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{ClickHouse, Env, SHORT, append, bot, expect_rows};
+use crate::support::{ClickHouse, Env, SHORT, Writer, append, expect_rows};
 
 #[test]
 fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_password() {
@@ -79,11 +79,11 @@ fn exactly_once_through_kill_9_at_random_moments_with_rotation() {
         &format!("[batch]\nmax_rows = {max_rows}\nmax_wait = \"200ms\""),
     );
     let n = 30_000;
-    let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 96 << 10, 4_000);
+    let mut writer = Writer::start(&env.log("events.jsonl"), "rotating", 0, n, 96 << 10, 4_000);
     let mut kills = 0u64;
     let mut rng = crate::support::XorShift(0x2545f4914f6cdd1d);
     let started = Instant::now();
-    while writer.try_wait().unwrap().is_none() || kills < 8 {
+    while writer.running() || kills < 8 {
         let mut chtail = env.start();
         std::thread::sleep(Duration::from_millis(200 + rng.next() % 1200));
         chtail.kill9();
@@ -94,7 +94,7 @@ fn exactly_once_through_kill_9_at_random_moments_with_rotation() {
             "the writer never finished"
         );
     }
-    assert!(writer.wait().unwrap().success());
+    writer.finish();
     let mut chtail = env.start();
     let (distinct, dups) = crate::support::tally(&ch, &env.table(), n, SHORT);
     let lost = n - distinct;
@@ -139,9 +139,9 @@ fn clickhouse_killed_and_restarted_repeatedly_during_a_stream_loses_and_duplicat
     );
     let n = 24_000;
     let mut chtail = env.start();
-    let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 128 << 10, 3_000);
+    let mut writer = Writer::start(&env.log("events.jsonl"), "rotating", 0, n, 128 << 10, 3_000);
     let mut kills = 0;
-    while writer.try_wait().unwrap().is_none() {
+    while writer.running() {
         std::thread::sleep(Duration::from_millis(700));
         ch.kill9();
         kills += 1;
@@ -149,7 +149,7 @@ fn clickhouse_killed_and_restarted_repeatedly_during_a_stream_loses_and_duplicat
         std::thread::sleep(Duration::from_millis(400 + 300 * (kills % 3)));
         ch.resume();
     }
-    assert!(writer.wait().unwrap().success());
+    writer.finish();
     let (distinct, dups) = crate::support::tally(&ch, &env.table(), n, SHORT);
     let lost = n - distinct;
     println!(
@@ -180,11 +180,11 @@ fn chaos() {
     let rate = 3_000;
     // `ts` holds six digits of sequence number.
     let n = (secs * rate).min(999_999);
-    let mut writer = bot(&env.log("events.jsonl"), "rotating", 0, n, 512 << 10, rate);
+    let mut writer = Writer::start(&env.log("events.jsonl"), "rotating", 0, n, 512 << 10, rate);
     let mut rng = crate::support::XorShift(0x9e3779b97f4a7c15);
     let (mut chtail_kills, mut server_kills) = (0, 0);
     let mut chtail = env.start();
-    while writer.try_wait().unwrap().is_none() {
+    while writer.running() {
         std::thread::sleep(Duration::from_millis(500 + rng.next() % 2500));
         if rng.next().is_multiple_of(2) {
             chtail.kill9();
@@ -198,7 +198,7 @@ fn chaos() {
             ch.resume();
         }
     }
-    assert!(writer.wait().unwrap().success());
+    writer.finish();
     let (distinct, dups) = crate::support::tally(&ch, &env.table(), n, Duration::from_secs(600));
     let rows = distinct + dups;
     let lost = n - distinct;

@@ -570,29 +570,6 @@ pub(crate) fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
     );
 }
 
-/// Starts the Python bot writer (`tests/support/bot.py`).
-pub(crate) fn bot(
-    path: &Path,
-    handler: &str,
-    first: u64,
-    count: u64,
-    max_bytes: u64,
-    rate: u64,
-) -> Child {
-    Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/bot.py"))
-        .arg(path)
-        .args([
-            handler,
-            &first.to_string(),
-            &count.to_string(),
-            &max_bytes.to_string(),
-            &rate.to_string(),
-        ])
-        .spawn()
-        .expect("python3")
-}
-
 /// `GET path` on the metrics listener: (status code, body).
 pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
