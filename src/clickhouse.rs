@@ -41,6 +41,16 @@ impl Version {
             }
     }
 
+    /// `async_insert` exists from 21.11 on; from 26.2 it is on by default,
+    /// and chtail turns it off for its own inserts (README, "Exactly once").
+    pub(crate) fn has_async_insert(&self) -> bool {
+        *self
+            >= Version {
+                major: 21,
+                minor: 11,
+            }
+    }
+
     /// `RowBinaryWithDefaults` (a DEFAULT expression for missing values)
     /// is read by 23.5 and later.
     pub(crate) fn has_row_binary_with_defaults(&self) -> bool {
@@ -372,11 +382,6 @@ impl Server {
     /// Whether a retried batch is recognised by this server and table, and
     /// why (DESIGN.md §2.3).
     pub(crate) async fn delivery(&self, version: Version, table: &str) -> Delivery {
-        if !version.has_dedup_token() {
-            return Delivery::AtLeastOnce(format!(
-                "ClickHouse {version} has no insert_deduplication_token (22.2 and later have)"
-            ));
-        }
         let sql = format!(
             "SELECT engine, engine_full FROM system.tables WHERE database = '{}' AND name = '{table}'",
             self.cfg.database
@@ -391,8 +396,30 @@ impl Server {
             }
         };
         let (engine, full) = row.trim_end().split_once('\t').unwrap_or((row.trim(), ""));
+        // A replay re-sends the very same bytes, so a Replicated table drops
+        // it as an identical block on every version, token or not.
         if engine.starts_with("Replicated") || engine.starts_with("Shared") {
-            return Delivery::ExactlyOnce(format!("{engine} deduplicates inserts by default"));
+            let blocks = self
+                .merge_tree_setting(full, "replicated_deduplication_window")
+                .await;
+            let seconds = self
+                .merge_tree_setting(full, "replicated_deduplication_window_seconds")
+                .await;
+            let window = match (blocks, seconds) {
+                (Some(b), Some(s)) => format!(
+                    "the last {b} blocks within {s} s; a batch re-sent after a longer outage or downtime is a duplicate"
+                ),
+                (Some(b), None) => format!("the last {b} blocks"),
+                _ => "its last blocks (replicated_deduplication_window)".into(),
+            };
+            return Delivery::ExactlyOnce(format!(
+                "{engine} drops a block identical to one of {window}; a batch re-sent after a crash is byte for byte the same"
+            ));
+        }
+        if !version.has_dedup_token() {
+            return Delivery::AtLeastOnce(format!(
+                "ClickHouse {version} has no insert_deduplication_token (22.2 and later have), and the table is not Replicated"
+            ));
         }
         if engine == "Distributed" {
             return Delivery::AtLeastOnce(
@@ -404,21 +431,13 @@ impl Server {
                 "the {engine} engine does not deduplicate inserts"
             ));
         }
-        let window = match table_setting(full, "non_replicated_deduplication_window") {
-            Some(w) => w,
-            None => self
-                .text(
-                    "SELECT value FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'",
-                    &[],
-                )
-                .await
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0),
-        };
+        let window = self
+            .merge_tree_setting(full, "non_replicated_deduplication_window")
+            .await
+            .unwrap_or(0);
         if window > 0 {
             Delivery::ExactlyOnce(format!(
-                "{engine} with non_replicated_deduplication_window = {window}"
+                "{engine} with non_replicated_deduplication_window = {window} (the last {window} inserts are remembered; a batch re-sent after more inserts than that is a duplicate)"
             ))
         } else {
             Delivery::AtLeastOnce(format!(
@@ -426,6 +445,19 @@ impl Server {
                 self.cfg.database
             ))
         }
+    }
+
+    /// A MergeTree setting of the table (from its definition), else the
+    /// server's default; `None` when the server does not know it.
+    async fn merge_tree_setting(&self, engine_full: &str, name: &str) -> Option<u64> {
+        if let Some(v) = table_setting(engine_full, name) {
+            return Some(v);
+        }
+        let sql = format!("SELECT value FROM system.merge_tree_settings WHERE name = '{name}'");
+        self.text(&sql, &[])
+            .await
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
     }
 
     /// Creates the database (if needed) and the default table of DESIGN.md
@@ -471,6 +503,7 @@ impl Server {
         sql: &str,
         parts: Vec<bytes::Bytes>,
         token: Option<&str>,
+        version: Version,
     ) -> Result<(), Failure> {
         let mut insert = self.client().insert_formatted_with(sql).with_timeouts(
             Some(self.cfg.request_timeout),
@@ -478,6 +511,12 @@ impl Server {
         );
         if let Some(t) = token {
             insert = insert.with_setting("insert_deduplication_token", t);
+        }
+        // Plain synchronous inserts wherever the server knows async ones
+        // (on by default from 26.2): chtail's batches are large already,
+        // and an async insert deduplicates by other rules.
+        if version.has_async_insert() {
+            insert = insert.with_setting("async_insert", "0");
         }
         let result = async {
             for part in parts {

@@ -222,6 +222,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         server: server.clone(),
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
+        version,
         checkpoints: checkpoints.clone(),
         state_dir: state_dir.clone(),
         state: svc.state.clone(),

@@ -43,6 +43,8 @@ pub(crate) struct Inserter {
     pub sqls: Vec<String>,
     /// Send `insert_deduplication_token` (the server knows the setting).
     pub dedup_tokens: bool,
+    /// The server's version: which settings it knows.
+    pub version: crate::clickhouse::Version,
     pub checkpoints: Arc<Mutex<Checkpoints>>,
     pub state_dir: PathBuf,
     /// Whether the state can be written, for `/ready` and the status line.
@@ -302,7 +304,10 @@ impl Inserter {
                 self.stats.insert_retries.fetch_add(1, Ordering::Relaxed);
             }
             Stats::beat(&self.stats.insert_started_ms);
-            let result = self.server.insert(sql, parts.clone(), token).await;
+            let result = self
+                .server
+                .insert(sql, parts.clone(), token, self.version)
+                .await;
             self.stats.insert_started_ms.store(0, Ordering::Relaxed);
             let reachable = match &result {
                 Ok(()) => true,
