@@ -274,3 +274,70 @@ fn state_files_are_private_urls_are_masked_and_a_closed_stdout_is_quiet() {
         assert_ne!(out.status.code(), Some(101), "{cmd:?}: {stderr}");
     }
 }
+
+// Issue 12, case 3: a log directory chtail's user cannot read was "no file
+// matches yet" to `check` and silence to `run`.
+#[test]
+fn an_unreadable_log_directory_is_a_problem_and_an_error_until_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    let ch = shared();
+    let env = Env::new(ch, "unreadable", "events.jsonl", "");
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        println!("SKIPPED: needs root, to run chtail as another user (nobody)");
+        return;
+    }
+    // chtail runs as nobody: it can reach its config and state, not the
+    // logs (root's, 0750).
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(env.tmp.path(), 0o755);
+    chmod(&env.config, 0o644);
+    std::fs::create_dir_all(&env.state).unwrap();
+    let chown = Command::new("chown")
+        .arg("nobody")
+        .arg(&env.state)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    support::append(&env.log("events.jsonl"), 0, 100);
+    chmod(&env.logs, 0o750);
+    let as_nobody = |args: &[&str]| {
+        // setpriv execs chtail itself: the signal below reaches it.
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_chtail"),
+        ])
+        .args(args)
+        .arg("--config")
+        .arg(&env.config);
+        cmd
+    };
+    let check = as_nobody(&["check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("PROBLEM  source") && text.contains("Permission denied"),
+        "{text}"
+    );
+    assert!(!text.contains("all is well"), "{text}");
+
+    let log = env.tmp.path().join("chtail-nobody.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let mut run = as_nobody(&["run"]).stderr(stderr).spawn().unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(SHORT, "an error about the directory", || {
+        logs().contains("cannot list a source directory") && logs().contains("Permission denied")
+    });
+    assert!(logs().contains("ERROR"), "{}", logs());
+    // Fixed while it runs: picked up without a restart.
+    chmod(&env.logs, 0o755);
+    support::expect_rows(ch, &env.table(), 100);
+    let _ = Command::new("kill").arg(run.id().to_string()).status();
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{}", logs());
+}
