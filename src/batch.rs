@@ -19,8 +19,7 @@ use twox_hash::XxHash64;
 use crate::config;
 use crate::identity::FileId;
 use crate::queue::{Chunk, Queue};
-use crate::stats::Stats;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
@@ -93,13 +92,51 @@ pub(crate) fn token(batch: &Batch) -> String {
     format!("chtail-{:016x}", XxHash64::oneshot(0, text.as_bytes()))
 }
 
-/// The most `parts_pressure` stretches `max_wait`: 2^4 = 16 times.
-pub(crate) const MAX_PRESSURE: u64 = 4;
+/// The most parts pressure stretches `max_wait`: 2^4 = 16 times.
+const MAX_PRESSURE: u64 = 4;
+/// Successful inserts in a row that ease the pressure one step.
+const CALM_INSERTS: u64 = 8;
+
+/// The control signal from the inserter to the batcher: TOO_MANY_PARTS
+/// means the server's merges fall behind, and fewer, bigger inserts give
+/// them time. Raised by a TOO_MANY_PARTS failure, eased one step per
+/// [`CALM_INSERTS`] successful inserts in a row; the batcher waits up to
+/// 2^level times `batch.max_wait` for a batch to fill.
+#[derive(Debug, Default)]
+pub(crate) struct PartsPressure {
+    level: AtomicU64,
+    calm: AtomicU64,
+}
+
+impl PartsPressure {
+    pub(crate) fn raise(&self) {
+        let _ = self
+            .level
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v < MAX_PRESSURE).then_some(v + 1)
+            });
+        self.calm.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn calm_insert(&self) {
+        if self.calm.fetch_add(1, Ordering::Relaxed) + 1 >= CALM_INSERTS {
+            self.calm.store(0, Ordering::Relaxed);
+            let _ = self
+                .level
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        }
+    }
+
+    /// How many times `max_wait` a batch may wait now.
+    fn stretch(&self) -> u32 {
+        1 << self.level.load(Ordering::Relaxed).min(MAX_PRESSURE)
+    }
+}
 
 pub(crate) async fn run(
     queue: Arc<Queue>,
     limits: config::Batch,
-    stats: Arc<Stats>,
+    pressure: Arc<PartsPressure>,
     out: mpsc::Sender<Batch>,
 ) {
     // One batch open per table, each with its own deadline.
@@ -138,11 +175,7 @@ pub(crate) async fn run(
                         if let Some(i) = other {
                             due.push(open.remove(i).0);
                         }
-                        let pressure = stats
-                            .parts_pressure
-                            .load(Ordering::Relaxed)
-                            .min(MAX_PRESSURE);
-                        let deadline = Instant::now() + limits.max_wait * (1 << pressure);
+                        let deadline = Instant::now() + limits.max_wait * pressure.stretch();
                         open.push((Batch::default(), deadline));
                         open.len() - 1
                     }
@@ -213,8 +246,8 @@ mod tests {
             q.push(chunk(1, i * 10, i * 10 + 10, 4), &never).unwrap();
         }
         let (tx, mut rx) = mpsc::channel(1);
-        let stats = Arc::new(Stats::default());
-        let task = tokio::spawn(run(q.clone(), limits(8, 1000), stats.clone(), tx));
+        let pressure = Arc::new(PartsPressure::default());
+        let task = tokio::spawn(run(q.clone(), limits(8, 1000), pressure.clone(), tx));
         let b = rx.recv().await.unwrap();
         assert_eq!(
             (b.rows, b.ranges()),
@@ -235,12 +268,18 @@ mod tests {
         assert_eq!(b.rows, 4);
         assert!(Instant::now() - t0 >= Duration::from_millis(1000));
         // Under parts pressure the wait stretches, so batches grow.
-        stats.parts_pressure.store(2, Ordering::Relaxed);
+        pressure.raise();
+        pressure.raise();
         q.push(chunk(1, 50, 60, 4), &never).unwrap();
         let t0 = Instant::now();
         let b = rx.recv().await.unwrap();
         assert_eq!(b.rows, 4);
         assert!(Instant::now() - t0 >= Duration::from_millis(4000));
+        // Eight calm inserts ease it one step.
+        for _ in 0..8 {
+            pressure.calm_insert();
+        }
+        assert_eq!(pressure.stretch(), 2);
         q.close();
         assert!(rx.recv().await.is_none());
         task.await.unwrap();

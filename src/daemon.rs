@@ -218,6 +218,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         stats.clone(),
     ));
     let (give_up_tx, give_up) = watch::channel(false);
+    let pressure = Arc::new(batch::PartsPressure::default());
     let mut inserter = Inserter {
         server: server.clone(),
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
@@ -230,7 +231,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         stats: stats.clone(),
         give_up,
         retry: (config.clickhouse.retry_initial, config.clickhouse.retry_max),
-        calm_inserts: 0,
+        pressure: pressure.clone(),
     };
     // A batch a crash interrupted goes out again first, byte for byte.
     if let Some(manifest) = Manifest::load(&state_dir) {
@@ -257,7 +258,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     let batch_task = tokio::spawn(batch::run(
         queue.clone(),
         config.batch.clone(),
-        stats.clone(),
+        pressure,
         batch_tx,
     ));
     let tailer = Tailer::new(

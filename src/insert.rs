@@ -54,8 +54,8 @@ pub(crate) struct Inserter {
     /// Becomes true when the shutdown deadline has passed.
     pub give_up: watch::Receiver<bool>,
     pub retry: (std::time::Duration, std::time::Duration),
-    /// Inserts in a row that succeeded, for easing parts pressure.
-    pub calm_inserts: u32,
+    /// TOO_MANY_PARTS pressure, for the batcher.
+    pub pressure: Arc<batch::PartsPressure>,
 }
 
 /// The longest wait between two attempts to write the state.
@@ -317,7 +317,7 @@ impl Inserter {
             let failure = match result {
                 Ok(()) => {
                     Stats::beat(&self.stats.last_insert_ms);
-                    self.relax_parts_pressure();
+                    self.pressure.calm_insert();
                     if backoff.attempts() > 0 {
                         tracing::info!(
                             attempts = backoff.attempts() + 1,
@@ -343,11 +343,7 @@ impl Inserter {
             }
             if failure.is_parts_pressure() {
                 // Fewer, bigger inserts give the server's merges time.
-                let p = &self.stats.parts_pressure;
-                let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    (v < batch::MAX_PRESSURE).then_some(v + 1)
-                });
-                self.calm_inserts = 0;
+                self.pressure.raise();
             }
             if failure.class == Class::Operator {
                 // Skip the quick retries: nothing changes until someone acts.
@@ -381,17 +377,6 @@ impl Inserter {
                 _ = tokio::time::sleep(delay) => {}
                 _ = give_up.wait_for(|g| *g) => {}
             }
-        }
-    }
-
-    /// Eases parts pressure back one step per 8 inserts in a row that went
-    /// through.
-    fn relax_parts_pressure(&mut self) {
-        self.calm_inserts += 1;
-        if self.calm_inserts >= 8 {
-            self.calm_inserts = 0;
-            let p = &self.stats.parts_pressure;
-            let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
         }
     }
 

@@ -40,9 +40,6 @@ pub struct Stats {
     pub insert_retries: AtomicU64,
     pub queue_rows: AtomicU64,
     pub queue_bytes: AtomicU64,
-    /// 0 normally; raised by TOO_MANY_PARTS, which makes the batcher wait
-    /// up to 2^n times `batch.max_wait`, so batches grow and inserts thin out.
-    pub parts_pressure: AtomicU64,
     /// Unix milliseconds of the last successful insert (0: none yet).
     pub last_insert_ms: AtomicU64,
     /// Unix milliseconds an insert in flight started (0: none in flight).
