@@ -54,6 +54,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    pin_malloc_threshold();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, log_format } => {
@@ -156,5 +157,22 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// glibc raises its mmap threshold each time a large block is freed (up to
+/// 32 MiB); from then on chunks, batches and compression buffers come from
+/// the heap, which fragments and does not shrink. Pinned at glibc's own
+/// default (128 KiB), large blocks stay mmapped and go back to the system
+/// when freed. Measured with the state disk full while the bot writes, then
+/// the catch-up (README, "Memory"): peak RSS 41-47 MiB, 34 MiB pinned
+/// (jemalloc-style allocators measured worse: mimalloc 100-112 MiB).
+#[allow(unsafe_code)]
+fn pin_malloc_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it runs first in main,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }

@@ -40,7 +40,8 @@ cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREAD
 
 # The tests that write at the bot's pace (20,000 events/s through Python's
 # logging) need the machine to themselves: one at a time, nothing beside.
-cargo test --locked --test e2e -- --test-threads=1 live:: faults::
+# They run the release build, whose memory (peak RSS) they judge.
+cargo test --release --locked --test e2e -- --test-threads=1 live:: faults::
 
 # The Debian package: built, installed, upgraded and purged with dpkg
 # (as root; skipped otherwise).

@@ -241,6 +241,25 @@ impl ClickHouse {
         self.spawn();
     }
 
+    /// Freezes the server (SIGSTOP): connections neither answer nor reset,
+    /// as when a partition drops packets. [`ClickHouse::thaw`] ends it.
+    pub(crate) fn freeze(&self) {
+        self.signal_server("STOP");
+    }
+
+    pub(crate) fn thaw(&self) {
+        self.signal_server("CONT");
+    }
+
+    fn signal_server(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("the server's pid");
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} of the server");
+    }
+
     /// Runs a query; panics on failure.
     pub(crate) fn query(&self, sql: &str) -> String {
         self.try_query(sql)
