@@ -89,6 +89,23 @@ impl LineSplitter {
         self.fed_offset() - self.emitted_offset()
     }
 
+    /// Gives back the memory of bytes already handed out, keeping only a
+    /// partial last line: a file with nothing new to read holds no read-sized
+    /// buffer, so memory does not grow with the number of files tracked.
+    pub(crate) fn release_memory(&mut self) {
+        if self.consumed > 0 {
+            self.buf.drain(..self.consumed);
+            self.base += self.consumed as u64;
+            self.consumed = 0;
+        }
+        if self.buf.capacity() > self.buf.len() {
+            self.buf.shrink_to_fit();
+        }
+        if self.head_store.capacity() > 0 {
+            self.head_store = Vec::new();
+        }
+    }
+
     /// Appends bytes that were read at `fed_offset()`.
     pub(crate) fn feed(&mut self, bytes: &[u8]) {
         if self.consumed > 0 {
@@ -173,6 +190,25 @@ pub(super) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_splitter_holds_only_its_partial_line() {
+        let mut s = LineSplitter::new(0, 1 << 20);
+        let mut bytes = b"{\"a\":1}\n".repeat(10_000);
+        bytes.extend_from_slice(b"{\"partial\"");
+        s.feed(&bytes);
+        while s.next_piece().is_some() {}
+        s.release_memory();
+        assert_eq!(s.buf.capacity(), b"{\"partial\"".len());
+        assert_eq!(s.emitted_offset(), 80_000);
+        s.feed(b":2}\n");
+        match s.next_piece() {
+            Some(Piece::Line { start, line }) => {
+                assert_eq!((start, line), (80_000, &b"{\"partial\":2}"[..]))
+            }
+            _ => panic!("the partial line completes"),
+        }
+    }
     use proptest::prelude::*;
 
     #[derive(Debug, PartialEq, Eq)]

@@ -610,8 +610,11 @@ impl Tailer {
         if shrunk || rewritten {
             self.restart_truncated(i);
         } else if size <= fed {
-            // Nothing new.
-            t.idle_since.get_or_insert(now);
+            // Nothing new: keep no read-sized buffer for an idle file.
+            if t.idle_since.is_none() {
+                t.idle_since = Some(now);
+                t.splitter.release_memory();
+            }
             return Ok(false);
         }
         let t = &mut self.files[i];

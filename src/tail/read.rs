@@ -184,6 +184,10 @@ pub(super) fn read_file(
         let at = t.splitter.fed_offset();
         let n = t.file.read_at(buf, at).map_err(ReadError::Io)?;
         if n == 0 {
+            // Read to its end: what was read is handed out; only a partial
+            // last line stays, so many files read in one round do not each
+            // keep a read-sized buffer.
+            t.splitter.release_memory();
             break;
         }
         if at == 0 && has_compressed_magic(&buf[..n]) {

@@ -341,3 +341,38 @@ fn an_unreadable_log_directory_is_a_problem_and_an_error_until_fixed() {
     let status = run.wait().unwrap();
     assert!(status.success(), "{}", logs());
 }
+
+// Memory must not grow with the number of files: 2,000 rotated files
+// matched by a wide glob, each read to its end in one round.
+#[test]
+fn two_thousand_rotated_files_cost_neither_memory_nor_lines() {
+    let _one = one_at_a_time();
+    let ch = shared();
+    let env = Env::new(ch, "many_files", "events.jsonl*", "");
+    let files = 2_000;
+    let per_file = 100;
+    for f in 0..files {
+        let first = f * per_file;
+        support::append(
+            &env.log(&format!("events.jsonl.{}", f + 1)),
+            first,
+            first + per_file,
+        );
+    }
+    let n = files * per_file;
+    let mut chtail = env.start();
+    wait_until(SHORT, "every row", || support::count(ch, &env.table()) >= n);
+    let pid = chtail.pid();
+    let peak = peak_rss_kib(pid);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/fd: {e}"))
+        .count();
+    let (distinct, dups) = support::finish(ch, &env.table(), n, &mut chtail, SHORT);
+    println!(
+        "{files} rotated files, {n} events: {distinct} arrived, {dups} duplicated; peak RSS {peak} KiB, {fds} descriptors"
+    );
+    assert_eq!((distinct, dups), (n, 0));
+    assert!(peak < 48 << 10, "peak RSS {peak} KiB");
+    // One descriptor per tracked file (idle files are not closed yet).
+    assert!(fds <= files as usize + 64, "{fds} descriptors");
+}
