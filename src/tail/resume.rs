@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::lines::LineSplitter;
-use super::paths::{is_compressed_name, is_rotation_of, literal_dir, source_near};
+use super::paths::{
+    has_compressed_magic, is_compressed_name, is_rotation_of, literal_dir, source_near,
+};
 use super::{Tailer, Tracked, lock};
 use crate::identity::{FileId, Identity};
 
@@ -240,6 +242,13 @@ impl Tailer {
             let Ok(file) = File::open(&path) else {
                 continue;
             };
+            // Compressed without a telling name: never text, and never to
+            // be picked up again on every scan.
+            let mut head = [0u8; 6];
+            let n = file.read_at(&mut head, 0).unwrap_or(0);
+            if has_compressed_magic(&head[..n]) {
+                continue;
+            }
             tracing::info!(path = %path.display(), "found a rotated file chtail had not read; reading it");
             self.track(file, &path, true);
         }

@@ -274,10 +274,17 @@ fn kill_9_during(name: &str, glob: &str, ch: &ClickHouse) {
     let mut chtail = env.start();
     let (distinct, dups) = support::finish(ch, &env.table(), n, &mut chtail, SHORT);
     let lost = n - distinct;
+    let bound = if ch.is_modern() {
+        "the server deduplicates".to_string()
+    } else {
+        format!(
+            "bound {} on a server that cannot deduplicate",
+            kills * max_rows
+        )
+    };
     println!(
         "{name}: kill -9 x{kills} during rotating writes at {rate:.0}/s: {n} events, {lost} lost, \
-         {dups} duplicated (bound {} on a server that cannot deduplicate); peak RSS {peak} KiB",
-        kills * max_rows
+         {dups} duplicated ({bound}); peak RSS {peak} KiB"
     );
     assert_eq!(lost, 0, "chtail log:\n{}", chtail.logs());
     if ch.is_modern() {
