@@ -275,6 +275,61 @@ fn state_files_are_private_urls_are_masked_and_a_closed_stdout_is_quiet() {
     }
 }
 
+/// Whether the tests run as root (needed to run chtail as another user);
+/// says so when not.
+fn root() -> bool {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    if !root {
+        println!("SKIPPED: needs root, to run chtail as another user (nobody)");
+    }
+    root
+}
+
+/// `chtail ARGS --config` as the user nobody. setpriv execs chtail itself,
+/// so a signal to the child reaches chtail.
+fn as_nobody(env: &Env, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_chtail"),
+    ])
+    .args(args)
+    .arg("--config")
+    .arg(&env.config);
+    cmd
+}
+
+// Issue 12, case 5: `check` created a missing state directory, and `run`
+// exited 1 for one it could not write.
+#[test]
+fn check_creates_nothing_and_run_exits_64_for_a_state_directory_it_may_not_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let ch = shared();
+    let env = Env::new(ch, "state_denied", "events.jsonl", "");
+    support::append(&env.log("events.jsonl"), 0, 10);
+    let check = support::chtail_cmd(&["check"], &env.config);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("does not exist yet"), "{text}");
+    assert!(!env.state.exists(), "check created the state directory");
+    if !root() {
+        return;
+    }
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(env.tmp.path(), 0o755);
+    chmod(&env.config, 0o644);
+    std::fs::create_dir(&env.state).unwrap();
+    chmod(&env.state, 0o700); // root's: nobody may not write it
+    let out = as_nobody(&env, &["run"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("state.dir must be"), "{stderr}");
+}
+
 // Issue 12, case 3: a log directory chtail's user cannot read was "no file
 // matches yet" to `check` and silence to `run`.
 #[test]
@@ -282,9 +337,7 @@ fn an_unreadable_log_directory_is_a_problem_and_an_error_until_fixed() {
     use std::os::unix::fs::PermissionsExt;
     let ch = shared();
     let env = Env::new(ch, "unreadable", "events.jsonl", "");
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        println!("SKIPPED: needs root, to run chtail as another user (nobody)");
+    if !root() {
         return;
     }
     // chtail runs as nobody: it can reach its config and state, not the
@@ -303,20 +356,7 @@ fn an_unreadable_log_directory_is_a_problem_and_an_error_until_fixed() {
     assert!(chown.success());
     support::append(&env.log("events.jsonl"), 0, 100);
     chmod(&env.logs, 0o750);
-    let as_nobody = |args: &[&str]| {
-        // setpriv execs chtail itself: the signal below reaches it.
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_chtail"),
-        ])
-        .args(args)
-        .arg("--config")
-        .arg(&env.config);
-        cmd
-    };
+    let as_nobody = |args: &[&str]| as_nobody(&env, args);
     let check = as_nobody(&["check"]).output().unwrap();
     let text = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(1), "{text}");
