@@ -286,6 +286,17 @@ fn root() -> bool {
     root
 }
 
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
+/// Lets nobody reach the test's directory and read its config.
+fn open_to_nobody(env: &Env) {
+    chmod(env.tmp.path(), 0o755);
+    chmod(&env.config, 0o644);
+}
+
 /// `chtail ARGS --config` as the user nobody. setpriv execs chtail itself,
 /// so a signal to the child reaches chtail.
 fn as_nobody(env: &Env, args: &[&str]) -> Command {
@@ -306,7 +317,6 @@ fn as_nobody(env: &Env, args: &[&str]) -> Command {
 // exited 1 for one it could not write.
 #[test]
 fn check_creates_nothing_and_run_exits_64_for_a_state_directory_it_may_not_write() {
-    use std::os::unix::fs::PermissionsExt;
     let ch = shared();
     let env = Env::new(ch, "state_denied", "events.jsonl", "");
     support::append(&env.log("events.jsonl"), 0, 10);
@@ -317,11 +327,7 @@ fn check_creates_nothing_and_run_exits_64_for_a_state_directory_it_may_not_write
     if !root() {
         return;
     }
-    let chmod = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
-    chmod(env.tmp.path(), 0o755);
-    chmod(&env.config, 0o644);
+    open_to_nobody(&env);
     std::fs::create_dir(&env.state).unwrap();
     chmod(&env.state, 0o700); // root's: nobody may not write it
     let out = as_nobody(&env, &["run"]).output().unwrap();
@@ -334,7 +340,6 @@ fn check_creates_nothing_and_run_exits_64_for_a_state_directory_it_may_not_write
 // matches yet" to `check` and silence to `run`.
 #[test]
 fn an_unreadable_log_directory_is_a_problem_and_an_error_until_fixed() {
-    use std::os::unix::fs::PermissionsExt;
     let ch = shared();
     let env = Env::new(ch, "unreadable", "events.jsonl", "");
     if !root() {
@@ -342,11 +347,7 @@ fn an_unreadable_log_directory_is_a_problem_and_an_error_until_fixed() {
     }
     // chtail runs as nobody: it can reach its config and state, not the
     // logs (root's, 0750).
-    let chmod = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
-    chmod(env.tmp.path(), 0o755);
-    chmod(&env.config, 0o644);
+    open_to_nobody(&env);
     std::fs::create_dir_all(&env.state).unwrap();
     let chown = Command::new("chown")
         .arg("nobody")
