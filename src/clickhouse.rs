@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clickhouse::{Client, Compression};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::config;
 use crate::parse::{ColumnDef, Schema, UnsupportedColumn, default_table_columns};
@@ -236,7 +234,7 @@ impl Server {
         // https:// URLs use rustls with the Mozilla roots plus `ca_file`;
         // http:// URLs pass through untouched. The CA file was checked when
         // the config was loaded.
-        let tls = tls_config(cfg.ca_file.as_deref())?;
+        let tls = tls_config(cfg)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -543,28 +541,13 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
-/// The certificates of a PEM file, or what is wrong with it.
-pub(crate) fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect();
-    match certs {
-        Ok(c) if !c.is_empty() => Ok(c),
-        Ok(_) => Err(format!("{} holds no PEM certificate", path.display())),
-        Err(e) => Err(format!(
-            "{} is not a PEM certificate file: {e}",
-            path.display()
-        )),
-    }
-}
-
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+fn tls_config(cfg: &config::ClickHouse) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        for cert in read_ca_file(path)? {
+    if let Some(path) = &cfg.ca_file {
+        for cert in &cfg.ca_certs {
             roots
-                .add(cert)
+                .add(cert.clone())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }

@@ -24,7 +24,7 @@ use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::config;
+use crate::config::{self, MetaField};
 pub use types::{ColumnType, put_varint};
 
 /// A column of the target table that chtail writes.
@@ -186,26 +186,6 @@ enum Role {
     /// The keys no other column takes, kept whole.
     CatchAll,
     Meta(MetaField),
-}
-
-/// Metadata chtail knows about each line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetaField {
-    File,
-    Offset,
-    Host,
-    IngestTime,
-}
-
-impl MetaField {
-    pub fn key(self) -> &'static str {
-        match self {
-            MetaField::File => "file",
-            MetaField::Offset => "offset",
-            MetaField::Host => "host",
-            MetaField::IngestTime => "ingest_time",
-        }
-    }
 }
 
 /// What chtail knows about a line besides its text, as JSON values.

@@ -115,7 +115,7 @@ impl LineSplitter {
         }
         match &mut self.skip {
             Some(skip) if !skip.done => {
-                let (taken, rest) = match memchr(b'\n', bytes) {
+                let (taken, rest) = match memchr::memchr(b'\n', bytes) {
                     Some(i) => {
                         skip.done = true;
                         (&bytes[..i], &bytes[i + 1..])
@@ -148,7 +148,7 @@ impl LineSplitter {
         let from = self.consumed;
         let start = self.base + from as u64;
         let live = &self.buf[from..];
-        match memchr(b'\n', live) {
+        match memchr::memchr(b'\n', live) {
             Some(i) if i <= self.max_line => {
                 self.consumed += i + 1;
                 Some(Piece::Line {
@@ -179,12 +179,6 @@ impl LineSplitter {
             None => None,
         }
     }
-}
-
-/// Position of the first `needle`; the slice scan compiles to a fast loop and
-/// keeps the dependency tree small.
-pub(super) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]
