@@ -201,7 +201,6 @@ mod tests {
     use crate::queue::RowMark;
     use bytes::Bytes;
     use std::path::Path;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
@@ -241,9 +240,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batches_close_at_max_rows_and_at_max_wait() {
         let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
-        let never = AtomicBool::new(false);
         for i in 0..5 {
-            q.push(chunk(1, i * 10, i * 10 + 10, 4), &never).unwrap();
+            q.push(chunk(1, i * 10, i * 10 + 10, 4), || true).unwrap();
         }
         let (tx, mut rx) = mpsc::channel(1);
         let pressure = Arc::new(PartsPressure::default());
@@ -270,7 +268,7 @@ mod tests {
         // Under parts pressure the wait stretches, so batches grow.
         pressure.raise();
         pressure.raise();
-        q.push(chunk(1, 50, 60, 4), &never).unwrap();
+        q.push(chunk(1, 50, 60, 4), || true).unwrap();
         let t0 = Instant::now();
         let b = rx.recv().await.unwrap();
         assert_eq!(b.rows, 4);
@@ -288,13 +286,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_table_gets_its_own_batches() {
         let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
-        let never = AtomicBool::new(false);
         // Files 1 and 2 go to different tables, interleaved.
         for i in 0..4 {
-            q.push(chunk(1, i * 10, i * 10 + 10, 2), &never).unwrap();
+            q.push(chunk(1, i * 10, i * 10 + 10, 2), || true).unwrap();
             let mut other = chunk(2, i * 10, i * 10 + 10, 3);
             other.route = 1;
-            q.push(other, &never).unwrap();
+            q.push(other, || true).unwrap();
         }
         q.close();
         let (tx, mut rx) = mpsc::channel(1);

@@ -336,14 +336,18 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
                 }
                 Err(r) => {
                     let example = format!("{}:{at}: {r}", path.display());
-                    match out.rejected.iter_mut().find(|(k, _, _)| *k == r.kind()) {
+                    match out
+                        .rejected
+                        .iter_mut()
+                        .find(|(k, _, _)| *k == r.kind().label())
+                    {
                         Some((_, c, ex)) => {
                             *c += 1;
                             if ex.len() < 3 {
                                 ex.push(example);
                             }
                         }
-                        None => out.rejected.push((r.kind(), 1, vec![example])),
+                        None => out.rejected.push((r.kind().label(), 1, vec![example])),
                     }
                 }
             }

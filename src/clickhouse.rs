@@ -77,7 +77,7 @@ impl fmt::Display for Version {
 }
 
 /// What the inserter should do about a failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
     /// Network faults, timeouts, overload: wait and try again.
     Transient,
@@ -86,6 +86,19 @@ pub(crate) enum Class {
     /// Credentials, a missing table, a changed schema: an operator must act.
     /// chtail keeps retrying slowly so that it resumes by itself once fixed.
     Operator,
+}
+
+impl Class {
+    pub(crate) const ALL: [Class; 3] = [Class::Transient, Class::BadData, Class::Operator];
+
+    /// The fixed label for counters.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Class::Transient => "transient",
+            Class::BadData => "bad_data",
+            Class::Operator => "operator",
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -14,7 +14,6 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use crate::config::Config;
 use crate::health;
 use crate::heartbeat;
 use crate::insert::{Inserter, Outcome};
+use crate::liveness::Grace;
 use crate::metrics::{self, Endpoint};
 use crate::notify::Notifier;
 use crate::plan::{self, Plan};
@@ -79,7 +79,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
         config_path,
         signals: Signals::new()?,
         notifier: Arc::new(Notifier::from_env()),
-        endpoint: Endpoint::new(stats.clone(), state.clone()),
+        endpoint: Endpoint::new(stats.clone(), Arc::default(), state.clone()),
         stats,
         state,
         listener: None,
@@ -196,7 +196,8 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
             },
         }
     };
-    stats.clickhouse_ok.store(true, Ordering::Relaxed);
+    let liveness = svc.endpoint.liveness.clone();
+    liveness.set_reachable(true);
     let version = plan.version;
     for t in &plan.tables {
         let table = format!("{}.{}", config.clickhouse.database, t.name);
@@ -229,6 +230,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         state: svc.state.clone(),
         quarantine: quarantine.clone(),
         stats: stats.clone(),
+        liveness: liveness.clone(),
         give_up,
         retry: (config.clickhouse.retry_initial, config.clickhouse.retry_max),
         pressure: pressure.clone(),
@@ -270,10 +272,11 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
             checkpoints: checkpoints.clone(),
             quarantine,
             stats: stats.clone(),
+            beat: liveness.tail.clone(),
         },
     );
     let control = tailer.control();
-    Stats::beat(&stats.tail_beat_ms);
+    liveness.tail.now();
     let tail_thread = std::thread::Builder::new()
         .name("chtail-tail".into())
         .spawn(move || tailer.run())
@@ -295,7 +298,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         server.clone(),
         svc.notifier.clone(),
         svc.endpoint.clone(),
-        health::Grace::of(config),
+        Grace::of(config),
     ));
     helpers.push(watchdog);
 

@@ -10,29 +10,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::clickhouse::Server;
-use crate::config::Config;
-use crate::metrics::{self, Endpoint};
+use crate::liveness::Grace;
+use crate::metrics::Endpoint;
 use crate::notify::Notifier;
 use crate::stats::Stats;
 
 /// How often an idle chtail checks that ClickHouse answers.
 const PROBE_EVERY: Duration = Duration::from_secs(15);
-
-/// How long each stage may show no sign of life before it counts as stuck.
-#[derive(Clone, Copy)]
-pub(crate) struct Grace {
-    tail: Duration,
-    insert: Duration,
-}
-
-impl Grace {
-    pub(crate) fn of(config: &Config) -> Grace {
-        Grace {
-            tail: (config.tail.poll_interval * 10).max(Duration::from_secs(20)),
-            insert: config.clickhouse.request_timeout * 2 + Duration::from_secs(30),
-        }
-    }
-}
 
 /// The watchdog and the status line. systemd is pinged only while every
 /// stage shows life: the tailer went round its loop (or is waiting on a
@@ -51,6 +35,7 @@ pub(crate) async fn watch_health(
         .unwrap_or(Duration::from_secs(5));
     let mut tick = tokio::time::interval(period);
     let stats = endpoint.stats.clone();
+    let live = endpoint.liveness.clone();
     let mut last = (Stats::get(&stats.rows_inserted), std::time::Instant::now());
     let mut last_warned: Option<std::time::Instant> = None;
     let mut last_probe = std::time::Instant::now();
@@ -58,15 +43,16 @@ pub(crate) async fn watch_health(
         tick.tick().await;
         // With no inserts to tell, ask ClickHouse now and then whether it
         // answers, so /ready and the status line stay true when idle.
-        let quiet = crate::stats::now_ms().saturating_sub(Stats::get(&stats.last_insert_ms))
-            > PROBE_EVERY.as_millis() as u64
-            && Stats::get(&stats.insert_started_ms) == 0;
+        let quiet = live
+            .last_insert
+            .age_ms()
+            .is_none_or(|age| u128::from(age) > PROBE_EVERY.as_millis())
+            && live.insert_started.age_ms().is_none();
         if quiet && last_probe.elapsed() >= PROBE_EVERY {
             last_probe = std::time::Instant::now();
-            let ok = server.version().await.is_ok();
-            stats.clickhouse_ok.store(ok, Ordering::Relaxed);
+            live.set_reachable(server.version().await.is_ok());
         }
-        let stuck = metrics::stuck_stage(&stats, grace.tail, grace.insert);
+        let stuck = live.stuck_stage(grace);
         *endpoint.stuck.lock().unwrap_or_else(|e| e.into_inner()) = stuck.clone();
         match &stuck {
             None => {
@@ -86,16 +72,13 @@ pub(crate) async fn watch_health(
             let secs = last.1.elapsed().as_secs_f64().max(0.001);
             let rate = (rows.saturating_sub(last.0)) as f64 / secs;
             last = (rows, std::time::Instant::now());
-            let since = match Stats::get(&stats.last_insert_ms) {
-                0 => "no insert yet".to_string(),
-                ms => format!(
-                    "last insert {}s ago",
-                    crate::stats::now_ms().saturating_sub(ms) / 1000
-                ),
+            let since = match live.last_insert.age_ms() {
+                None => "no insert yet".to_string(),
+                Some(age) => format!("last insert {}s ago", age / 1000),
             };
             let ch = if let Some(why) = endpoint.state.problem() {
                 format!("STATE NOT WRITABLE, waiting: {why}")
-            } else if stats.clickhouse_ok.load(Ordering::Relaxed) {
+            } else if live.reachable() {
                 "ClickHouse up".to_string()
             } else {
                 "ClickHouse DOWN, retrying".to_string()

@@ -30,6 +30,7 @@ use twox_hash::XxHash64;
 use crate::batch::{self, Batch};
 use crate::checkpoint::{self, Checkpoints, ChunkRange, Manifest, StateHealth};
 use crate::clickhouse::{Backoff, Class, Failure, Server};
+use crate::liveness::Liveness;
 use crate::parse::Reject;
 use crate::quarantine::Quarantine;
 use crate::stats::Stats;
@@ -51,6 +52,8 @@ pub(crate) struct Inserter {
     pub state: Arc<StateHealth>,
     pub quarantine: Arc<Mutex<Quarantine>>,
     pub stats: Arc<Stats>,
+    /// The in-flight and last-success beats, and reachability.
+    pub liveness: Arc<Liveness>,
     /// Becomes true when the shutdown deadline has passed.
     pub give_up: watch::Receiver<bool>,
     pub retry: (std::time::Duration, std::time::Duration),
@@ -303,20 +306,19 @@ impl Inserter {
             if backoff.attempts() > 0 {
                 self.stats.insert_retries.fetch_add(1, Ordering::Relaxed);
             }
-            Stats::beat(&self.stats.insert_started_ms);
+            self.liveness.insert_started.now();
             let result = self
                 .server
                 .insert(sql, parts.clone(), token, self.version)
                 .await;
-            self.stats.insert_started_ms.store(0, Ordering::Relaxed);
-            let reachable = match &result {
+            self.liveness.insert_started.clear();
+            self.liveness.set_reachable(match &result {
                 Ok(()) => true,
                 Err(f) => f.class == Class::BadData,
-            };
-            self.stats.clickhouse_ok.store(reachable, Ordering::Relaxed);
+            });
             let failure = match result {
                 Ok(()) => {
-                    Stats::beat(&self.stats.last_insert_ms);
+                    self.liveness.last_insert.now();
                     self.pressure.calm_insert();
                     if backoff.attempts() > 0 {
                         tracing::info!(
@@ -332,12 +334,7 @@ impl Inserter {
                 }
                 Err(f) => f,
             };
-            let class = match failure.class {
-                Class::Transient => 0,
-                Class::BadData => 1,
-                Class::Operator => 2,
-            };
-            self.stats.failures_by_class[class].fetch_add(1, Ordering::Relaxed);
+            self.stats.count_failure(failure.class);
             if failure.class == Class::BadData {
                 return Err(SendError::Bad(failure));
             }
@@ -430,7 +427,7 @@ fn read_line_at(file: &std::fs::File, offset: u64) -> Vec<u8> {
     let mut buf = vec![0u8; 64 << 10];
     let n = file.read_at(&mut buf, offset).unwrap_or(0);
     buf.truncate(n);
-    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+    if let Some(end) = memchr::memchr(b'\n', &buf) {
         buf.truncate(end);
     }
     buf

@@ -70,6 +70,7 @@ pub mod status;
 // The service around the pipeline.
 mod health;
 mod heartbeat;
+pub mod liveness;
 mod metrics;
 mod notify;
 mod signal;

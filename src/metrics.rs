@@ -15,12 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::checkpoint::{Checkpoints, StateHealth};
-use crate::stats::{DELAY_BUCKETS, FAILURE_CLASSES, REJECT_KINDS, Stats, now_ms};
+use crate::clickhouse::Class;
+use crate::liveness::Liveness;
+use crate::parse::RejectKind;
+use crate::stats::{DELAY_BUCKETS, Stats};
 use crate::status::{self, FileStatus};
 
 /// What the endpoint reports on.
 pub(crate) struct Endpoint {
     pub stats: Arc<Stats>,
+    pub liveness: Arc<Liveness>,
     /// Whether the state can be written.
     pub state: Arc<StateHealth>,
     checkpoints: RwLock<Option<Arc<Mutex<Checkpoints>>>>,
@@ -30,9 +34,14 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(stats: Arc<Stats>, state: Arc<StateHealth>) -> Arc<Endpoint> {
+    pub(crate) fn new(
+        stats: Arc<Stats>,
+        liveness: Arc<Liveness>,
+        state: Arc<StateHealth>,
+    ) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             stats,
+            liveness,
             state,
             checkpoints: RwLock::new(None),
             ready_max_lag: AtomicU64::new(u64::MAX),
@@ -80,7 +89,7 @@ impl Endpoint {
                 "the state directory cannot be written ({why}); nothing is shipped until it can"
             ));
         }
-        if !self.stats.clickhouse_ok.load(Ordering::Relaxed) {
+        if !self.liveness.reachable() {
             return Err("ClickHouse is not reachable (inserts are being retried)".into());
         }
         let lag = self.total_lag();
@@ -151,10 +160,9 @@ impl Endpoint {
             "parse_failures_total",
             "counter",
             "Lines that could not become rows (or that ClickHouse refused), by reason.",
-            &REJECT_KINDS
+            &RejectKind::ALL
                 .iter()
-                .zip(&s.rejected)
-                .map(|(k, c)| (format!("{{kind=\"{k}\"}}"), get(c) as f64))
+                .map(|k| (format!("{{kind=\"{}\"}}", k.label()), s.rejected(*k) as f64))
                 .collect::<Vec<_>>(),
         );
         metric(
@@ -185,10 +193,14 @@ impl Endpoint {
             "insert_failures_total",
             "counter",
             "Failed INSERT attempts, by class (transient: retried; bad_data: split; operator: someone must act).",
-            &FAILURE_CLASSES
+            &Class::ALL
                 .iter()
-                .zip(&s.failures_by_class)
-                .map(|(k, c)| (format!("{{class=\"{k}\"}}"), get(c) as f64))
+                .map(|c| {
+                    (
+                        format!("{{class=\"{}\"}}", c.label()),
+                        s.failures(*c) as f64,
+                    )
+                })
                 .collect::<Vec<_>>(),
         );
         metric(
@@ -234,13 +246,16 @@ impl Endpoint {
             "last_insert_timestamp_seconds",
             "gauge",
             "When ClickHouse last acknowledged an INSERT (Unix time; 0: not yet).",
-            &[(String::new(), get(&s.last_insert_ms) as f64 / 1000.0)],
+            &[(
+                String::new(),
+                self.liveness.last_insert.unix_ms() as f64 / 1000.0,
+            )],
         );
         metric(
             "clickhouse_up",
             "gauge",
             "1 if the last exchange with ClickHouse succeeded.",
-            &one(u64::from(s.clickhouse_ok.load(Ordering::Relaxed))),
+            &one(u64::from(self.liveness.reachable())),
         );
         let (buckets, count, sum) = s.delay.snapshot();
         let mut samples: Vec<(String, f64)> = DELAY_BUCKETS
@@ -374,30 +389,6 @@ fn respond(endpoint: &Endpoint, method: &str, path: &str) -> (&'static str, &'st
     }
 }
 
-/// How long a stage may show no sign of life before it counts as stuck.
-pub(crate) fn stuck_stage(
-    stats: &Stats,
-    tail_grace: Duration,
-    insert_grace: Duration,
-) -> Option<String> {
-    let now = now_ms();
-    let beat = stats.tail_beat_ms.load(Ordering::Relaxed);
-    if beat > 0 && now.saturating_sub(beat) > tail_grace.as_millis() as u64 {
-        return Some(format!(
-            "the tailer has not run for {} s",
-            now.saturating_sub(beat) / 1000
-        ));
-    }
-    let started = stats.insert_started_ms.load(Ordering::Relaxed);
-    if started > 0 && now.saturating_sub(started) > insert_grace.as_millis() as u64 {
-        return Some(format!(
-            "an insert has been in flight for {} s",
-            now.saturating_sub(started) / 1000
-        ));
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,9 +397,9 @@ mod tests {
     fn exposition_has_every_family_and_no_event_values() {
         let stats = Arc::new(Stats::default());
         stats.rows_inserted.store(990, Ordering::Relaxed);
-        stats.count_reject("invalid_json");
+        stats.count_reject(RejectKind::InvalidJson);
         stats.delay.observe_ms(1500);
-        let e = Endpoint::new(stats, Arc::default());
+        let e = Endpoint::new(stats, Arc::default(), Arc::default());
         let text = e.render();
         for want in [
             "chtail_rows_inserted_total 990",

@@ -88,7 +88,7 @@ impl Quarantine {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             file: &shown,
             offset,
-            kind: reason.kind(),
+            kind: reason.kind().label(),
             reason: reason.to_string(),
             line: text,
             line_base64: b64,
@@ -150,7 +150,7 @@ impl Quarantine {
         tracing::warn!(
             file,
             offset,
-            kind = reason.kind(),
+            kind = reason.kind().label(),
             suppressed = self.unlogged,
             quarantine = %self.path.display(),
             "line quarantined: {reason}"

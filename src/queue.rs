@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -168,18 +168,17 @@ impl Queue {
 
     /// Adds a chunk, blocking while the bound is reached. A chunk bigger
     /// than the whole bound is still accepted when nothing else is held, so
-    /// no line is ever too big to pass.
-    pub fn push(&self, mut chunk: Chunk, cancel: &AtomicBool) -> Result<(), Cancelled> {
+    /// no line is ever too big to pass. While it waits, `go_on` is asked
+    /// every 100 ms whether to keep waiting.
+    pub fn push(&self, mut chunk: Chunk, mut go_on: impl FnMut() -> bool) -> Result<(), Cancelled> {
         let rows = chunk.rows.len();
         let bytes = chunk.weight();
         let budget = &self.budget;
         let mut held = budget.lock();
         while held.1 > 0 && (held.0 + rows > self.max_rows || held.1 + bytes > self.max_bytes) {
-            if cancel.load(Ordering::Relaxed) {
+            if !go_on() {
                 return Err(Cancelled);
             }
-            // Waiting on a full queue is the tailer working as designed.
-            Stats::beat(&budget.stats.tail_beat_ms);
             held = budget
                 .space
                 .wait_timeout(held, Duration::from_millis(100))
@@ -258,12 +257,21 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_blocks_the_producer_until_the_consumer_takes() {
         let q = Arc::new(Queue::new(10, 1 << 20, Arc::default()));
-        let cancel = Arc::new(AtomicBool::new(false));
-        q.push(chunk(1, 0, 10, 10), &cancel).unwrap();
-        let (q2, c2) = (q.clone(), cancel.clone());
-        let producer = std::thread::spawn(move || q2.push(chunk(1, 10, 20, 5), &c2));
+        q.push(chunk(1, 0, 10, 10), || true).unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (q2, a2) = (q.clone(), asked.clone());
+        let producer = std::thread::spawn(move || {
+            q2.push(chunk(1, 10, 20, 5), || {
+                a2.fetch_add(1, Ordering::Relaxed);
+                true
+            })
+        });
         std::thread::sleep(Duration::from_millis(300));
         assert!(!producer.is_finished(), "push must wait for room");
+        assert!(
+            asked.load(Ordering::Relaxed) >= 2,
+            "a waiting producer is asked whether to go on (and beats)"
+        );
         let first = q.pop().await.unwrap();
         assert_eq!(first.start, 0);
         std::thread::sleep(Duration::from_millis(300));
@@ -281,10 +289,8 @@ mod tests {
     #[test]
     fn a_blocked_producer_can_be_cancelled() {
         let q = Queue::new(1, 1 << 20, Arc::default());
-        let cancel = AtomicBool::new(false);
-        q.push(chunk(1, 0, 1, 1), &cancel).unwrap();
-        cancel.store(true, Ordering::Relaxed);
-        assert!(q.push(chunk(1, 1, 2, 1), &cancel).is_err());
+        q.push(chunk(1, 0, 1, 1), || true).unwrap();
+        assert!(q.push(chunk(1, 1, 2, 1), || false).is_err());
     }
 
     #[test]

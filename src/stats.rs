@@ -1,25 +1,16 @@
-//! Counters shared by the stages, read by logs, `/metrics`, the systemd
-//! status line and the watchdog.
+//! Counters shared by the stages, read by logs, `/metrics` and the systemd
+//! status line. They only count: signals a stage acts on are typed handles
+//! (`liveness`, `batch::PartsPressure`).
 //!
 //! Plain atomics: every stage bumps its own counters; nothing here carries a
 //! per-event value, so nothing can grow with the data. Labels are fixed
 //! sets (reject kinds, failure classes), never a value from an event.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The reasons a line is quarantined, as `Reject::kind` names them.
-pub const REJECT_KINDS: [&str; 6] = [
-    "invalid_utf8",
-    "invalid_json",
-    "not_an_object",
-    "wrong_type",
-    "too_long",
-    "rejected_by_server",
-];
-
-/// Insert failure classes, as `clickhouse::Class` names them.
-pub const FAILURE_CLASSES: [&str; 3] = ["transient", "bad_data", "operator"];
+use crate::clickhouse::Class;
+use crate::parse::RejectKind;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -30,25 +21,16 @@ pub struct Stats {
     pub rows_parsed: AtomicU64,
     /// JSON keys no column took (and no catch-all column kept).
     pub keys_ignored: AtomicU64,
-    /// Quarantined lines by [`REJECT_KINDS`].
-    pub rejected: [AtomicU64; 6],
+    /// Quarantined lines, by [`RejectKind`] (its position in `ALL`).
+    rejected: [AtomicU64; RejectKind::ALL.len()],
     pub batches_inserted: AtomicU64,
     pub rows_inserted: AtomicU64,
-    /// Failed insert attempts by [`FAILURE_CLASSES`].
-    pub failures_by_class: [AtomicU64; 3],
+    /// Failed insert attempts, by class (its position in `Class::ALL`).
+    failures_by_class: [AtomicU64; Class::ALL.len()],
     /// Attempts after the first, for any insert.
     pub insert_retries: AtomicU64,
     pub queue_rows: AtomicU64,
     pub queue_bytes: AtomicU64,
-    /// Unix milliseconds of the last successful insert (0: none yet).
-    pub last_insert_ms: AtomicU64,
-    /// Unix milliseconds an insert in flight started (0: none in flight).
-    pub insert_started_ms: AtomicU64,
-    /// Whether the last exchange with ClickHouse succeeded.
-    pub clickhouse_ok: AtomicBool,
-    /// Unix milliseconds the tailer last went round its loop (or waited on
-    /// a full queue): the watchdog's proof that it is not stuck.
-    pub tail_beat_ms: AtomicU64,
     /// From an event's own time (`ts`) to ClickHouse acknowledging it.
     pub delay: Histogram,
 }
@@ -68,14 +50,21 @@ impl Stats {
         self.failures_by_class.iter().map(Self::get).sum()
     }
 
-    pub fn count_reject(&self, kind: &str) {
-        if let Some(i) = REJECT_KINDS.iter().position(|k| *k == kind) {
-            self.rejected[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn count_reject(&self, kind: RejectKind) {
+        self.rejected[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn beat(counter: &AtomicU64) {
-        counter.store(now_ms(), Ordering::Relaxed);
+    /// Lines quarantined for one reason.
+    pub fn rejected(&self, kind: RejectKind) -> u64 {
+        Self::get(&self.rejected[kind as usize])
+    }
+
+    pub(crate) fn count_failure(&self, class: Class) {
+        self.failures_by_class[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failures(&self, class: Class) -> u64 {
+        Self::get(&self.failures_by_class[class as usize])
     }
 }
 
@@ -164,6 +153,25 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_label_has_its_own_counter() {
+        // The counters are indexed by discriminant; `ALL` must list the
+        // variants in that order.
+        for (i, k) in RejectKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{}", k.label());
+        }
+        for (i, c) in Class::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.label());
+        }
+        let stats = Stats::default();
+        stats.count_reject(RejectKind::TooLong);
+        stats.count_failure(Class::Operator);
+        assert_eq!(stats.rejected(RejectKind::TooLong), 1);
+        assert_eq!(stats.quarantined(), 1);
+        assert_eq!(stats.failures(Class::Operator), 1);
+        assert_eq!(stats.insert_failures(), 1);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

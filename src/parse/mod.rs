@@ -545,15 +545,48 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// A short, fixed label for counters and log fields.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RejectKind {
         match self {
-            Reject::InvalidUtf8 => "invalid_utf8",
-            Reject::InvalidJson(_) => "invalid_json",
-            Reject::NotAnObject => "not_an_object",
-            Reject::WrongType { .. } => "wrong_type",
-            Reject::TooLong { .. } => "too_long",
-            Reject::Server(_) => "rejected_by_server",
+            Reject::InvalidUtf8 => RejectKind::InvalidUtf8,
+            Reject::InvalidJson(_) => RejectKind::InvalidJson,
+            Reject::NotAnObject => RejectKind::NotAnObject,
+            Reject::WrongType { .. } => RejectKind::WrongType,
+            Reject::TooLong { .. } => RejectKind::TooLong,
+            Reject::Server(_) => RejectKind::Server,
+        }
+    }
+}
+
+/// Why a line was quarantined, without the details: the counters' label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    InvalidUtf8,
+    InvalidJson,
+    NotAnObject,
+    WrongType,
+    TooLong,
+    Server,
+}
+
+impl RejectKind {
+    pub const ALL: [RejectKind; 6] = [
+        RejectKind::InvalidUtf8,
+        RejectKind::InvalidJson,
+        RejectKind::NotAnObject,
+        RejectKind::WrongType,
+        RejectKind::TooLong,
+        RejectKind::Server,
+    ];
+
+    /// A short, fixed label for counters, logs and quarantine records.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectKind::InvalidUtf8 => "invalid_utf8",
+            RejectKind::InvalidJson => "invalid_json",
+            RejectKind::NotAnObject => "not_an_object",
+            RejectKind::WrongType => "wrong_type",
+            RejectKind::TooLong => "too_long",
+            RejectKind::Server => "rejected_by_server",
         }
     }
 }
@@ -903,7 +936,7 @@ mod tests {
         ];
         for (ty, value, why) in cases {
             let err = row(&enc(&[("c", ty)]), &format!("{{\"c\":{value}}}")).unwrap_err();
-            assert_eq!(err.kind(), "wrong_type", "{ty} {value}: {err}");
+            assert_eq!(err.kind().label(), "wrong_type", "{ty} {value}: {err}");
             let shown = err.to_string();
             assert!(shown.starts_with("column `c`: "), "{shown}");
             assert!(shown.contains(why), "{ty} {value}: {shown:?} lacks {why:?}");
@@ -1074,7 +1107,7 @@ mod tests {
             let mut out = vec![7];
             let err = e.encode_line(line, &LineMeta::NONE, &mut out).unwrap_err();
             assert_eq!(
-                err.kind(),
+                err.kind().label(),
                 *kind,
                 "{:?}: {err}",
                 String::from_utf8_lossy(line)
@@ -1113,10 +1146,10 @@ mod tests {
         row(&e, &ignored).unwrap();
         // As the line itself: not an object.
         let err = row(&e, &format!("{open}{close}")).unwrap_err();
-        assert_eq!(err.kind(), "not_an_object");
+        assert_eq!(err.kind(), RejectKind::NotAnObject);
         // Unbalanced: invalid.
         let err = row(&e, &format!("{{\"x\":{open}}}")).unwrap_err();
-        assert_eq!(err.kind(), "invalid_json");
+        assert_eq!(err.kind(), RejectKind::InvalidJson);
         // Deep inside a column chtail writes: kept as text, or refused by
         // the JSON reader's depth limit, never a crash.
         let deep = format!("{{\"command\":{open}{close}}}");

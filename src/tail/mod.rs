@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::Checkpoints;
 use crate::config;
 use crate::identity::{self, FileId, Identity};
+use crate::liveness::Beat;
 use crate::parse::{self, LineMeta};
 use crate::quarantine::Quarantine;
 use crate::queue::{Cancelled, Queue};
@@ -52,7 +53,7 @@ pub use paths::{
     file_names, has_compressed_magic, is_compressed_name, line_body, rotations_of_pattern,
     source_near,
 };
-use read::{CHUNK_ROWS, ReadError, Sink, commit_past, flush_incomplete, read_file};
+use read::{CHUNK_ROWS, ReadError, Sink, Waiting, commit_past, flush_incomplete, read_file};
 pub(crate) use read::{ChunkBuilder, LineEncoder, Origin, host_name};
 
 /// A renamed-away file that has not grown for this long, read to its end,
@@ -182,9 +183,17 @@ struct Output {
     quarantine: Arc<Mutex<Quarantine>>,
     stats: Arc<Stats>,
     cancel: Arc<AtomicBool>,
+    beat: Arc<Beat>,
 }
 
 impl Output {
+    fn waiting(&self) -> Waiting<'_> {
+        Waiting {
+            cancel: &self.cancel,
+            beat: &self.beat,
+        }
+    }
+
     /// Where the lines of `t` go.
     fn sink<'a>(&'a self, t: &Tracked) -> Sink<'a> {
         let src = &self.sources[t.source];
@@ -193,13 +202,13 @@ impl Output {
                 &src.encoder,
                 &self.host,
                 &t.path,
-                Some((&self.quarantine, &self.cancel)),
+                Some((&self.quarantine, self.waiting())),
                 &self.stats,
                 self.max_line,
             ),
             route: src.route,
             queue: &self.queue,
-            cancel: &self.cancel,
+            waiting: self.waiting(),
             chunk_rows: self.chunk_rows,
         }
     }
@@ -211,6 +220,8 @@ pub struct Shared {
     pub checkpoints: Arc<Mutex<Checkpoints>>,
     pub quarantine: Arc<Mutex<Quarantine>>,
     pub stats: Arc<Stats>,
+    /// The tailer's liveness beat, for the watchdog.
+    pub beat: Arc<Beat>,
 }
 
 pub struct Tailer {
@@ -252,6 +263,7 @@ impl Tailer {
             checkpoints,
             quarantine,
             stats,
+            beat,
         } = shared;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let control = Control {
@@ -274,6 +286,7 @@ impl Tailer {
                 quarantine,
                 stats,
                 cancel: control.cancel.clone(),
+                beat,
             },
             buf: vec![0; cfg.read_buffer_bytes],
             builder: ChunkBuilder::new(0),
@@ -301,7 +314,7 @@ impl Tailer {
     pub fn run(mut self) {
         self.discover(true);
         'outer: while !self.control.cancel.load(Ordering::SeqCst) {
-            Stats::beat(&self.out.stats.tail_beat_ms);
+            self.out.beat.now();
             let names = self.control.names_changed.swap(false, Ordering::Relaxed);
             if names
                 || self

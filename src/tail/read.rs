@@ -20,6 +20,7 @@ use super::lines::{self, Piece};
 use super::paths::{has_compressed_magic, line_body};
 use super::{Tracked, lock};
 use crate::identity::{FileId, Identity};
+use crate::liveness::Beat;
 use crate::parse::{self, LineMeta, Reject};
 use crate::quarantine::Quarantine;
 use crate::queue::{Cancelled, Chunk, Queue, RowMark};
@@ -40,8 +41,8 @@ pub(crate) struct LineEncoder<'a> {
     /// `None` when re-reading for a replay: those lines were quarantined
     /// the first time.
     quarantine: Option<&'a Mutex<Quarantine>>,
-    /// The stop signal, while waiting on the quarantine.
-    cancel: Option<&'a AtomicBool>,
+    /// How to wait on the quarantine's disk.
+    waiting: Option<Waiting<'a>>,
     stats: &'a Stats,
     max_line: usize,
 }
@@ -51,8 +52,25 @@ pub(super) struct Sink<'a> {
     pub(super) enc: LineEncoder<'a>,
     pub(super) route: u16,
     pub(super) queue: &'a Queue,
-    pub(super) cancel: &'a AtomicBool,
+    pub(super) waiting: Waiting<'a>,
     pub(super) chunk_rows: usize,
+}
+
+/// How the tailer waits, for room in the queue or for the state disk: it
+/// beats while it waits (backpressure working is not a stuck tailer) and
+/// gives up once told to stop.
+#[derive(Clone, Copy)]
+pub(crate) struct Waiting<'a> {
+    pub(super) cancel: &'a AtomicBool,
+    pub(super) beat: &'a Beat,
+}
+
+impl Waiting<'_> {
+    /// Beats; false once the tailer is told to stop.
+    pub(super) fn go_on(self) -> bool {
+        self.beat.now();
+        !self.cancel.load(Ordering::Relaxed)
+    }
 }
 
 pub(super) enum ReadError {
@@ -211,7 +229,7 @@ pub(super) fn read_file(
                 && let Some(c) = builder.take_chunk(&origin)
             {
                 sink.queue
-                    .push(c, sink.cancel)
+                    .push(c, || sink.waiting.go_on())
                     .map_err(|_| ReadError::Cancelled)?;
             }
         }
@@ -222,7 +240,7 @@ pub(super) fn read_file(
     }
     if let Some(c) = builder.take_chunk(&origin) {
         sink.queue
-            .push(c, sink.cancel)
+            .push(c, || sink.waiting.go_on())
             .map_err(|_| ReadError::Cancelled)?;
     }
     Ok(progress)
@@ -233,7 +251,7 @@ impl<'a> LineEncoder<'a> {
         enc: &'a parse::Encoder,
         host: &'a str,
         path: &Path,
-        quarantine: Option<(&'a Mutex<Quarantine>, &'a AtomicBool)>,
+        quarantine: Option<(&'a Mutex<Quarantine>, Waiting<'a>)>,
         stats: &'a Stats,
         max_line: usize,
     ) -> LineEncoder<'a> {
@@ -254,7 +272,7 @@ impl<'a> LineEncoder<'a> {
             now,
             path,
             quarantine: quarantine.map(|(q, _)| q),
-            cancel: quarantine.map(|(_, c)| c),
+            waiting: quarantine.map(|(_, w)| w),
             stats,
             max_line,
         }
@@ -330,11 +348,9 @@ impl<'a> LineEncoder<'a> {
                 return Ok(());
             }
             for _ in 0..10 {
-                if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                if !self.waiting.is_none_or(Waiting::go_on) {
                     return Err(Cancelled);
                 }
-                // Waiting on the state disk is not a stuck tailer.
-                Stats::beat(&self.stats.tail_beat_ms);
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
@@ -353,7 +369,9 @@ pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cance
     sink.enc
         .reject(&t.path, start, &reject, &head, n as u64 != end - start)?;
     sink.queue
-        .push(t.origin(sink.route).empty_chunk(start, end), sink.cancel)
+        .push(t.origin(sink.route).empty_chunk(start, end), || {
+            sink.waiting.go_on()
+        })
 }
 
 /// Commits a file past `end` without rows of its own, in order behind the
@@ -361,7 +379,9 @@ pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cance
 /// original's).
 pub(super) fn commit_past(t: &Tracked, sink: &Sink<'_>, end: u64) -> Result<(), Cancelled> {
     sink.queue
-        .push(t.origin(sink.route).empty_chunk(end, end), sink.cancel)
+        .push(t.origin(sink.route).empty_chunk(end, end), || {
+            sink.waiting.go_on()
+        })
 }
 
 /// This machine's host name, for the host metadata column.

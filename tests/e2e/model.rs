@@ -155,6 +155,7 @@ impl Harness {
                 checkpoints: checkpoints.clone(),
                 quarantine,
                 stats,
+                beat: Default::default(),
             },
         );
         let stop = tailer.control();
