@@ -3,7 +3,7 @@
 //! Input: the byte ranges of batches that ClickHouse acknowledged, in the
 //! order they were inserted. Output: `state.json` in `state.dir`. An offset
 //! only ever advances here, after the insert that carried those bytes
-//! returned success (DESIGN.md §2.2). Files are keyed by a chtail-assigned
+//! returned success (README, invariant 2). Files are keyed by a chtail-assigned
 //! [`FileId`] and found again by [`Identity`], never by path.
 //!
 //! Writes are atomic: the new state goes to a temporary file, is fsynced,
@@ -11,7 +11,7 @@
 //! always a complete `state.json`), the temporary file is renamed over it,
 //! and the directory is fsynced. A state file that cannot be read falls back
 //! to the previous copy; if that is bad too, chtail refuses to start with an
-//! explanation instead of silently starting from zero (DESIGN.md §2.6).
+//! explanation instead of silently starting from zero (README, invariant 6).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -30,6 +30,9 @@ pub const MANIFEST_FILE: &str = "inflight.json";
 const PREV_FILE: &str = "state.json.prev";
 const TMP_FILE: &str = "state.json.tmp";
 const VERSION: u32 = 1;
+/// Released files whose every byte is committed are forgotten this long
+/// after their release, once gone from disk.
+const PRUNE_AFTER_SECS: u64 = 3600;
 /// How often [`Checkpoints::prune`] looks at the disk.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -242,6 +245,18 @@ impl Checkpoints {
         if let Some(f) = self.files.get_mut(&id) {
             f.offset = f.offset.max(end);
         }
+    }
+
+    /// The commit of an acknowledged batch (invariant 2): every file's
+    /// offset advances to the end of its range, released files long gone
+    /// are pruned, and the state to write is returned. The inserter writes
+    /// it before it sends anything more.
+    pub fn commit(&mut self, ends: impl IntoIterator<Item = (FileId, u64)>) -> Vec<u8> {
+        for (id, end) in ends {
+            self.advance(id, end);
+        }
+        self.prune(PRUNE_AFTER_SECS);
+        self.snapshot()
     }
 
     pub fn forget(&mut self, id: FileId) {

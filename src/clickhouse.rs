@@ -30,7 +30,7 @@ impl Version {
         })
     }
 
-    /// `insert_deduplication_token` exists from 22.2 on (DESIGN.md §4).
+    /// `insert_deduplication_token` exists from 22.2 on (README, "Exactly once").
     pub(crate) fn has_dedup_token(&self) -> bool {
         *self
             >= Version {
@@ -391,7 +391,7 @@ impl Server {
     }
 
     /// Whether a retried batch is recognised by this server and table, and
-    /// why (DESIGN.md §2.3).
+    /// why (README, "Exactly once").
     pub(crate) async fn delivery(&self, version: Version, table: &str) -> Delivery {
         let sql = format!(
             "SELECT engine, engine_full FROM system.tables WHERE database = '{}' AND name = '{table}'",
@@ -471,8 +471,8 @@ impl Server {
             .and_then(|t| t.trim().parse().ok())
     }
 
-    /// Creates the database (if needed) and the default table of DESIGN.md
-    /// §1, with exactly its columns. On servers that can deduplicate inserts
+    /// Creates the database (if needed) and the default table (README,
+    /// "The table"), with exactly its columns. On servers that can deduplicate inserts
     /// into a plain MergeTree, the table is created with a deduplication
     /// window so that a re-sent batch is recognised.
     pub(crate) async fn create_default_table(

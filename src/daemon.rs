@@ -3,7 +3,7 @@
 //! Start-up: lock the state directory, load the checkpoints, reach
 //! ClickHouse (retrying until it answers) and learn the table's schema, then
 //! start the stages back to front: inserter, batcher, tailer. Shutdown
-//! (DESIGN.md §2.7): on SIGTERM or SIGINT only the tailer is told to stop;
+//! (README, invariant 7): on SIGTERM or SIGINT only the tailer is told to stop;
 //! the queue closes behind it, the batcher drains it, and the inserter ends
 //! when the batcher's channel does, so everything read is inserted and
 //! committed. If that takes longer than `shutdown.timeout`, the inserter

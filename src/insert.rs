@@ -35,9 +35,6 @@ use crate::parse::Reject;
 use crate::quarantine::Quarantine;
 use crate::stats::Stats;
 
-/// Released files whose every byte is committed are forgotten after this.
-const PRUNE_AFTER_SECS: u64 = 3600;
-
 pub(crate) struct Inserter {
     pub server: Server,
     /// The INSERT statement of each table, by route.
@@ -388,14 +385,11 @@ impl Inserter {
                 .iter()
                 .flat_map(|c| c.times.iter().map(move |t| now - t)),
         );
-        let snapshot = {
-            let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
-            for r in batch.ranges() {
-                cp.advance(r.file, r.end);
-            }
-            cp.prune(PRUNE_AFTER_SECS);
-            cp.snapshot()
-        };
+        let snapshot = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .commit(batch.ranges().iter().map(|r| (r.file, r.end)));
         let dir = self.state_dir.clone();
         let snapshot = Arc::new(snapshot);
         self.persist("the checkpoint", move || checkpoint::save(&dir, &snapshot))

@@ -693,7 +693,7 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, '_, 'de> {
     }
 }
 
-/// The columns and types of the default table of DESIGN.md §1.
+/// The columns and types of the default table (README, "The table").
 pub fn default_table_columns() -> Vec<(String, String)> {
     [
         ("ts", "String"),

@@ -69,7 +69,7 @@ fn appended_lines_and_files_that_appear_later_arrive() {
     let line = support::event(400);
     let (head, tail) = line.split_at(30);
     append_raw(&env.log("b.jsonl"), head.as_bytes());
-    std::thread::sleep(Duration::from_millis(800));
+    env.settled(head.len() as u64);
     assert_eq!(count(ch, &env.table()), 400, "a partial line must wait");
     append_raw(&env.log("b.jsonl"), format!("{tail}\n").as_bytes());
     expect_rows(ch, &env.table(), 401);
@@ -92,10 +92,26 @@ fn restart_after_sigterm_neither_loses_nor_duplicates() {
     expect_rows(ch, &env.table(), 3000);
     assert!(chtail.terminate(SHORT).success());
 
-    // Nothing new: a restart sends nothing again.
+    // Nothing new: a restart sends nothing again and reads only what is
+    // new. One line more, once it arrives, proves the file was read again
+    // from its checkpoint: had it been read from the start, those bytes
+    // would have been read (and counted) before the new line's.
     let mut chtail = env.start();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count_and_unique(ch, &env.table()), (3000, 3000));
+    let next = support::event(3000);
+    append(&log, 3000, 3001);
+    expect_rows(ch, &env.table(), 3001);
+    env.settled(0);
+    let port = support::metrics_port(&env);
+    let read = support::sample(
+        &support::http_get(port, "/metrics").1,
+        "chtail_bytes_read_total",
+    );
+    assert_eq!(
+        read,
+        Some(next.len() as f64 + 1.0),
+        "a restart reads only what is new"
+    );
+    assert_eq!(count_and_unique(ch, &env.table()), (3001, 3001));
     assert!(chtail.terminate(SHORT).success());
 
     // The offset on disk is the file's size.

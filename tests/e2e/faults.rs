@@ -115,7 +115,11 @@ fn a_full_state_disk_stops_shipping_until_it_has_room_and_loses_nothing() {
         "{}",
         chtail.logs()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Two more failed attempts to write the state, and still no insert.
+    let failures = metric(port, "chtail_state_write_failures_total");
+    wait_until(SHORT, "two more failed state writes", || {
+        metric(port, "chtail_state_write_failures_total") >= failures + 2.0
+    });
     assert_eq!(
         support::count(ch, &env.table()),
         held,

@@ -3,7 +3,8 @@
 //! and crashes, driven against real files, while an in-memory model says
 //! which lines must be delivered. The "inserter" here is the test itself: it
 //! takes chunks from the real queue, records their lines as delivered, and
-//! commits their offsets through the real checkpoint code.
+//! commits their offsets through the inserter's own commit
+//! (`Checkpoints::commit`) and state write.
 //!
 //! In the model's terms: every complete line is delivered exactly once,
 //! except that a crash between an insert and its checkpoint may deliver the
@@ -178,12 +179,13 @@ impl Harness {
             .collect()
     }
 
+    /// The inserter's commit: `Checkpoints::commit`, then the write.
     fn commit(r: &Running, state: &Path, chunk: &Chunk) {
-        let snapshot = {
-            let mut cp = r.checkpoints.lock().unwrap();
-            cp.advance(chunk.file, chunk.end);
-            cp.snapshot()
-        };
+        let snapshot = r
+            .checkpoints
+            .lock()
+            .unwrap()
+            .commit([(chunk.file, chunk.end)]);
         checkpoint::save(state, &snapshot).unwrap();
     }
 

@@ -3,8 +3,6 @@
 //! MATERIALIZED columns, several sources into several tables, and a corpus
 //! of bad and awkward lines with the outcome expected of each.
 
-use std::time::Duration;
-
 use crate::support::{ClickHouse, Env, SHORT, append_raw, chtail_cmd, count, shared, wait_until};
 
 /// Adds keys to the config's first `[[source]]` block.
@@ -218,7 +216,7 @@ fn several_sources_go_to_their_own_tables() {
     wait_until(SHORT, "2000 audit rows", || {
         count(ch, &format!("{db}.audit")) >= 2000
     });
-    std::thread::sleep(Duration::from_millis(500));
+    env.settled(0);
     assert_eq!(
         ch.query(&format!(
             "SELECT count(), uniqExact(ts), sum(n), uniqExact(actor), min(actor) FROM {db}.audit"
@@ -335,7 +333,7 @@ fn a_corpus_of_bad_and_awkward_lines_each_gets_its_expected_outcome() {
     wait_until(SHORT, "every corpus line inserted or quarantined", || {
         count(ch, &table) as usize + quarantined(&env).len() >= lines
     });
-    std::thread::sleep(Duration::from_millis(700));
+    env.settled(b"{\"ts\":\"partial\"}".len() as u64);
     let mut got = lines_of(ch, &format!("SELECT ts FROM {table} FORMAT TSV"));
     got.sort();
     let mut want: Vec<String> = want_rows.iter().map(|ts| ts.replace('\0', "\\0")).collect();

@@ -401,6 +401,31 @@ dir = "{state}"
     pub(crate) fn start(&self) -> Chtail {
         Chtail::start(&self.config, &self.tmp.path().join("chtail.log"))
     }
+
+    /// Waits until the running chtail has settled: every non-empty log file
+    /// is tracked and committed up to its last `unterminated` bytes (a line
+    /// still waiting for its newline), and the pipeline holds nothing (the
+    /// queue gauge counts a chunk until its batch is done with). Then no
+    /// insert is pending, so what ClickHouse holds is final; a count taken
+    /// now can fail, unlike one taken after a pause.
+    pub(crate) fn settled(&self, unterminated: u64) {
+        let port = metrics_port(self);
+        wait_until(SHORT, "chtail settled", || {
+            let out = chtail_cmd(&["status", "--json"], &self.config);
+            let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            let tracked = |p: &Path| rows.iter().any(|r| r["path"].as_str() == p.to_str());
+            let every_file = std::fs::read_dir(&self.logs)
+                .unwrap()
+                .flatten()
+                .all(|e| e.metadata().is_ok_and(|m| m.len() == 0) || tracked(&e.path()));
+            let lag: u64 = rows.iter().filter_map(|r| r["lag_bytes"].as_u64()).sum();
+            let held = sample(&http_get(port, "/metrics").1, "chtail_queue_rows");
+            every_file && lag == unterminated && held == Some(0.0)
+        });
+    }
 }
 
 /// One event line; `seq` makes each line unique (it goes into `ts`).
@@ -580,7 +605,9 @@ pub(crate) fn expect_rows(ch: &ClickHouse, table: &str, n: u64) {
     wait_until(SHORT, &format!("{n} rows in {table}"), || {
         count(ch, table) >= n
     });
-    // Give a wrong extra batch time to show up before judging.
+    // A wrong extra batch would be in flight behind the n-th row: give it
+    // a moment. (Tests that must prove nothing more arrives use
+    // `Env::settled`, which waits on chtail's own state instead.)
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(
         count_and_unique(ch, table),
