@@ -11,6 +11,8 @@
 //! never stops the pipeline. A column type chtail cannot write is reported
 //! at start-up ([`UnsupportedColumn`]), never mid-stream.
 
+mod reject;
+mod schema;
 pub mod time;
 pub mod types;
 
@@ -19,164 +21,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+// JSON keys are short and chosen by the bot, not by someone flooding one
+// map: a fast fixed hasher for the key lookup (SipHash showed in profiles).
+use foldhash::fast::FixedState;
 use jiff::tz::TimeZone;
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::config::{self, MetaField};
+pub use reject::{Reject, RejectKind};
+pub use schema::{
+    Column, ColumnDef, Schema, UnsupportedColumn, default_table_columns, quote_ident,
+};
 pub use types::{ColumnType, put_varint};
-
-/// A column of the target table that chtail writes.
-#[derive(Debug, Clone)]
-pub struct Column {
-    pub name: String,
-    pub ty: ColumnType,
-    /// The type as the server names it.
-    pub type_name: String,
-    /// The column has a DEFAULT expression of its own.
-    pub has_default: bool,
-}
-
-/// A column as the table defines it: name, type, and whether a DEFAULT
-/// expression fills it when the value is missing.
-#[derive(Debug, Clone)]
-pub struct ColumnDef {
-    pub name: String,
-    pub ty: String,
-    pub has_default: bool,
-}
-
-/// The columns chtail writes, in `INSERT` order, and the input format.
-#[derive(Debug, Clone)]
-pub struct Schema {
-    columns: Vec<Column>,
-    /// `RowBinaryWithDefaults`: each value is prefixed by a byte saying
-    /// whether the server should compute the column's DEFAULT instead.
-    with_defaults: bool,
-}
-
-/// A column chtail cannot write; reported at start-up, never mid-stream.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("column `{column}` has type `{ty}`, which chtail cannot encode")]
-pub struct UnsupportedColumn {
-    pub column: String,
-    pub ty: String,
-}
-
-impl Schema {
-    /// Builds the schema of the insertable columns. `server_tz` is the zone
-    /// of DateTime columns without one; `defaults_format` says whether the
-    /// server accepts `RowBinaryWithDefaults`, used when a column has a
-    /// DEFAULT expression so that a missing key gets that expression.
-    pub fn new(
-        columns: &[ColumnDef],
-        server_tz: &TimeZone,
-        defaults_format: bool,
-    ) -> Result<Schema, Vec<UnsupportedColumn>> {
-        let mut out = Vec::new();
-        let mut bad = Vec::new();
-        for c in columns {
-            match ColumnType::parse(&c.ty, server_tz) {
-                Ok(t) => out.push(Column {
-                    name: c.name.clone(),
-                    ty: t,
-                    type_name: c.ty.clone(),
-                    has_default: c.has_default,
-                }),
-                Err(_) => bad.push(UnsupportedColumn {
-                    column: c.name.clone(),
-                    ty: c.ty.clone(),
-                }),
-            }
-        }
-        if !bad.is_empty() {
-            return Err(bad);
-        }
-        let with_defaults = defaults_format && out.iter().any(|c| c.has_default);
-        Ok(Schema {
-            columns: out,
-            with_defaults,
-        })
-    }
-
-    /// A schema of plain columns (`(name, type)`), in UTC.
-    pub fn plain(columns: &[(String, String)]) -> Result<Schema, Vec<UnsupportedColumn>> {
-        let defs: Vec<ColumnDef> = columns
-            .iter()
-            .map(|(n, t)| ColumnDef {
-                name: n.clone(),
-                ty: t.clone(),
-                has_default: false,
-            })
-            .collect();
-        Schema::new(&defs, &TimeZone::UTC, false)
-    }
-
-    pub fn columns(&self) -> &[Column] {
-        &self.columns
-    }
-
-    /// Columns whose DEFAULT expression the server cannot apply to rows
-    /// chtail sends (old servers without `RowBinaryWithDefaults`): a
-    /// missing key gets the type's default there.
-    pub fn defaults_not_applied(&self) -> Vec<&str> {
-        if self.with_defaults {
-            return Vec::new();
-        }
-        self.columns
-            .iter()
-            .filter(|c| c.has_default)
-            .map(|c| c.name.as_str())
-            .collect()
-    }
-
-    /// `INSERT INTO db.table (a, b, ...) FORMAT RowBinary`.
-    pub fn insert_sql(&self, database: &str, table: &str) -> String {
-        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        format!(
-            "INSERT INTO {}.{} ({}) FORMAT {}",
-            quote_ident(database),
-            quote_ident(table),
-            cols.join(", "),
-            if self.with_defaults {
-                "RowBinaryWithDefaults"
-            } else {
-                "RowBinary"
-            }
-        )
-    }
-}
-
-/// A backquoted identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
-}
-
-/// FNV-1a: JSON keys are short and chosen by the bot, not an attacker
-/// flooding one map; SipHash showed up in profiles of the key lookup.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Fnv;
-
-impl std::hash::BuildHasher for Fnv {
-    type Hasher = FnvHasher;
-    fn build_hasher(&self) -> FnvHasher {
-        FnvHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-pub struct FnvHasher(u64);
-
-impl std::hash::Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// What a column is filled from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +80,7 @@ pub struct Encoder {
     schema: Arc<Schema>,
     roles: Vec<Role>,
     /// JSON key → column index.
-    index: HashMap<String, usize, Fnv>,
+    index: HashMap<String, usize, FixedState>,
     catch_all: Option<usize>,
     /// The key holding the event's own time, for the delay metric.
     time_key: Option<String>,
@@ -253,8 +111,8 @@ impl Encoder {
     /// column of a type that cannot hold the extra keys.
     pub fn new(schema: Arc<Schema>, mapping: &config::Mapping) -> Result<Encoder, Vec<String>> {
         let mut problems = Vec::new();
-        let find = |name: &str| schema.columns.iter().position(|c| c.name == name);
-        let mut roles = vec![Role::Key; schema.columns.len()];
+        let find = |name: &str| schema.columns().iter().position(|c| c.name == name);
+        let mut roles = vec![Role::Key; schema.columns().len()];
         for (field, column) in mapping.metadata_columns() {
             match find(column) {
                 Some(i) => roles[i] = Role::Meta(field),
@@ -267,21 +125,21 @@ impl Encoder {
         let mut catch_all = None;
         if let Some(column) = &mapping.catch_all {
             match find(column) {
-                Some(i) if catch_all_type_ok(&schema.columns[i].ty) => {
+                Some(i) if catch_all_type_ok(&schema.columns()[i].ty) => {
                     roles[i] = Role::CatchAll;
                     catch_all = Some(i);
                 }
                 Some(i) => problems.push(format!(
                     "catch_all column `{column}` has type `{}`; it must be String or Map(String, ...)",
-                    schema.columns[i].type_name
+                    schema.columns()[i].type_name
                 )),
                 None => problems.push(format!(
                     "catch_all names column `{column}`, which the table does not have"
                 )),
             }
         }
-        let mut index = HashMap::with_hasher(Fnv);
-        for (i, c) in schema.columns.iter().enumerate() {
+        let mut index = HashMap::with_hasher(FixedState::default());
+        for (i, c) in schema.columns().iter().enumerate() {
             if roles[i] == Role::Key {
                 index.insert(c.name.clone(), i);
             }
@@ -330,14 +188,14 @@ impl Encoder {
 
     /// The mapping, column by column, for `chtail check`.
     pub fn mapping(&self) -> Vec<MappingLine> {
-        let mut keys_of: Vec<Vec<&str>> = vec![Vec::new(); self.schema.columns.len()];
+        let mut keys_of: Vec<Vec<&str>> = vec![Vec::new(); self.schema.columns().len()];
         let mut sorted: Vec<(&String, &usize)> = self.index.iter().collect();
         sorted.sort();
         for (k, &i) in sorted {
             keys_of[i].push(k);
         }
         self.schema
-            .columns
+            .columns()
             .iter()
             .enumerate()
             .map(|(i, c)| {
@@ -351,7 +209,7 @@ impl Encoder {
                     Role::Meta(m) => format!("(metadata: {})", m.key()),
                 };
                 let note = if c.has_default && self.roles[i] == Role::Key {
-                    if self.schema.with_defaults {
+                    if self.schema.with_defaults() {
                         "missing: the column's DEFAULT"
                     } else {
                         "missing: the type's default (this server cannot apply DEFAULT to RowBinary)"
@@ -380,7 +238,7 @@ impl Encoder {
         meta: &LineMeta<'_>,
         out: &mut Vec<u8>,
     ) -> Result<Encoded, Reject> {
-        let mut slots: Vec<Option<&RawValue>> = vec![None; self.schema.columns.len()];
+        let mut slots: Vec<Option<&RawValue>> = vec![None; self.schema.columns().len()];
         let mut extras = Vec::new();
         // Checked up front so that invalid UTF-8 anywhere, even in a key
         // chtail ignores, is reported as such.
@@ -400,9 +258,9 @@ impl Encoder {
         de.end().map_err(classify_json_error)?;
 
         let mark = out.len();
-        let defaults = self.schema.with_defaults;
+        let defaults = self.schema.with_defaults();
         let mut offset_text = String::new();
-        for (i, col) in self.schema.columns.iter().enumerate() {
+        for (i, col) in self.schema.columns().iter().enumerate() {
             let result = match self.roles[i] {
                 Role::Key => {
                     let raw = slots[i].map(RawValue::get);
@@ -526,89 +384,6 @@ fn encode_catch_all(
     }
 }
 
-/// Why a line did not become a row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reject {
-    InvalidUtf8,
-    InvalidJson(String),
-    NotAnObject,
-    WrongType {
-        column: String,
-        detail: String,
-    },
-    TooLong {
-        len: u64,
-        max: usize,
-    },
-    /// The server refused the row as bad data.
-    Server(String),
-}
-
-impl Reject {
-    pub fn kind(&self) -> RejectKind {
-        match self {
-            Reject::InvalidUtf8 => RejectKind::InvalidUtf8,
-            Reject::InvalidJson(_) => RejectKind::InvalidJson,
-            Reject::NotAnObject => RejectKind::NotAnObject,
-            Reject::WrongType { .. } => RejectKind::WrongType,
-            Reject::TooLong { .. } => RejectKind::TooLong,
-            Reject::Server(_) => RejectKind::Server,
-        }
-    }
-}
-
-/// Why a line was quarantined, without the details: the counters' label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectKind {
-    InvalidUtf8,
-    InvalidJson,
-    NotAnObject,
-    WrongType,
-    TooLong,
-    Server,
-}
-
-impl RejectKind {
-    pub const ALL: [RejectKind; 6] = [
-        RejectKind::InvalidUtf8,
-        RejectKind::InvalidJson,
-        RejectKind::NotAnObject,
-        RejectKind::WrongType,
-        RejectKind::TooLong,
-        RejectKind::Server,
-    ];
-
-    /// A short, fixed label for counters, logs and quarantine records.
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectKind::InvalidUtf8 => "invalid_utf8",
-            RejectKind::InvalidJson => "invalid_json",
-            RejectKind::NotAnObject => "not_an_object",
-            RejectKind::WrongType => "wrong_type",
-            RejectKind::TooLong => "too_long",
-            RejectKind::Server => "rejected_by_server",
-        }
-    }
-}
-
-impl fmt::Display for Reject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reject::InvalidUtf8 => f.write_str("invalid UTF-8"),
-            Reject::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
-            Reject::NotAnObject => f.write_str("the line is JSON but not an object"),
-            Reject::WrongType { column, detail } => write!(f, "column `{column}`: {detail}"),
-            Reject::TooLong { len, max } => {
-                write!(
-                    f,
-                    "line of {len} bytes is longer than tail.max_line_bytes ({max})"
-                )
-            }
-            Reject::Server(e) => write!(f, "rejected by ClickHouse: {e}"),
-        }
-    }
-}
-
 fn classify_json_error(e: serde_json::Error) -> Reject {
     if e.is_data() && e.to_string().starts_with(NOT_AN_OBJECT) {
         Reject::NotAnObject
@@ -691,21 +466,6 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, '_, 'de> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
         Err(serde::de::Error::custom(NOT_AN_OBJECT))
     }
-}
-
-/// The columns and types of the default table (README, "The table").
-pub fn default_table_columns() -> Vec<(String, String)> {
-    [
-        ("ts", "String"),
-        ("event", "LowCardinality(String)"),
-        ("guild_id", "String"),
-        ("type", "LowCardinality(String)"),
-        ("command", "String"),
-        ("duration_ms", "Float64"),
-    ]
-    .into_iter()
-    .map(|(n, t)| (n.to_string(), t.to_string()))
-    .collect()
 }
 
 #[cfg(test)]

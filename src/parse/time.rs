@@ -283,7 +283,7 @@ pub fn instant(text: &str, quoted: bool, tz: &TimeZone) -> Result<Instant, Strin
     parsed.ok_or_else(|| {
         format!(
             "cannot read {} as a timestamp (ISO-8601 or epoch seconds/milliseconds)",
-            super::types::quote_short(text)
+            super::reject::quote_short(text)
         )
     })
 }

@@ -17,6 +17,7 @@ use jiff::tz::TimeZone;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::reject::{quote_short, shown};
 use super::time;
 
 /// A column type chtail can encode.
@@ -673,34 +674,6 @@ pub fn object_entries(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde
     let v = (&mut de).deserialize_map(Entries)?;
     de.end()?;
     Ok(v)
-}
-
-/// Raw JSON for an error message, cut at 40 bytes.
-pub fn shown(raw: &str) -> String {
-    let c = cut(raw);
-    if c.len() < raw.len() {
-        format!("{c}…")
-    } else {
-        raw.to_string()
-    }
-}
-
-/// A value for an error message: quoted, and cut at 40 bytes.
-pub fn quote_short(s: &str) -> String {
-    let c = cut(s);
-    if c.len() < s.len() {
-        format!("{c:?}…")
-    } else {
-        format!("{s:?}")
-    }
-}
-
-fn cut(s: &str) -> &str {
-    let mut end = s.len().min(40);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// ClickHouse's unsigned LEB128, used for string and array lengths.
