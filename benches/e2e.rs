@@ -200,7 +200,7 @@ fn main() {
         .sum();
     println!(
         "wrote {n} events ({:.0} MiB) in {:.1}s",
-        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / f64::from(1 << 20),
         t.elapsed().as_secs_f64()
     );
 

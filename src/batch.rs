@@ -220,7 +220,7 @@ mod tests {
             rows: (0..rows)
                 .map(|i| RowMark {
                     offset: start,
-                    end: i as u32 + 1,
+                    end: u32::try_from(i).unwrap() + 1,
                 })
                 .collect(),
             data: Bytes::from(vec![0u8; rows]),

@@ -276,7 +276,7 @@ fn sample(source: &SourceRoute, tail: &config::Tail) -> Sample {
         };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let from = size.saturating_sub(SAMPLE_BYTES);
-        buf.resize((size - from) as usize, 0);
+        buf.resize(usize::try_from(size - from).unwrap_or(0), 0);
         let Ok(()) = file.read_exact_at(&mut buf, from) else {
             continue;
         };

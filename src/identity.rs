@@ -107,7 +107,8 @@ impl std::fmt::Display for Identity {
 }
 
 fn fingerprint(file: &File, len: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; len as usize];
+    // `len` is at most FINGERPRINT_MAX.
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     file.read_exact_at(&mut buf, 0)?;
     Ok(XxHash64::oneshot(0, &buf))
 }

@@ -378,7 +378,7 @@ impl Inserter {
     /// shutdown deadline passed while the state could not be written.
     async fn commit(&mut self, batch: &Batch) -> bool {
         // The delay from each event's own time to its acknowledgement.
-        let now = crate::stats::now_ms() as i64;
+        let now = i64::try_from(crate::stats::now_ms()).unwrap_or(i64::MAX);
         self.stats.delay.observe_all_ms(
             batch
                 .chunks

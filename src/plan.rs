@@ -128,11 +128,15 @@ pub(crate) async fn prepare(
         let Some(route) = tables.iter().position(|t| t.name == s.table) else {
             continue; // its table's problem is reported above
         };
+        let Ok(route16) = u16::try_from(route) else {
+            problems.push(format!("more than {} tables", u16::MAX));
+            break;
+        };
         match Encoder::new(tables[route].schema.clone(), &s.mapping) {
             Ok(encoder) => sources.push(SourceRoute {
                 patterns: s.paths.clone(),
                 encoder: Arc::new(encoder.with_time_key(config.metrics.event_time_key.clone())),
-                route: route as u16,
+                route: route16,
                 follow_symlinks: s.follow_symlinks,
             }),
             Err(errs) => problems.extend(

@@ -245,7 +245,7 @@ mod tests {
             rows: (0..rows)
                 .map(|i| RowMark {
                     offset: start + i as u64,
-                    end: (i as u32 + 1) * 10,
+                    end: (u32::try_from(i).unwrap() + 1) * 10,
                 })
                 .collect(),
             data: Bytes::from(vec![0u8; rows * 10]),

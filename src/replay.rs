@@ -106,7 +106,8 @@ fn reread(
     let mut builder = ChunkBuilder::new(start);
     let mut buf = vec![0u8; cfg.read_buffer_bytes];
     while splitter.fed_offset() < end {
-        let want = ((end - splitter.fed_offset()) as usize).min(buf.len());
+        let want =
+            usize::try_from(end - splitter.fed_offset()).map_or(buf.len(), |n| n.min(buf.len()));
         let n = file.read_at(&mut buf[..want], splitter.fed_offset())?;
         if n == 0 {
             return Err(std::io::Error::new(

@@ -72,7 +72,7 @@ impl Stats {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -109,7 +109,7 @@ impl Histogram {
         let mut local = [0u64; 15];
         let (mut count, mut sum) = (0u64, 0u64);
         for ms in values {
-            let ms = ms.max(0) as u64;
+            let ms = u64::try_from(ms).unwrap_or(0);
             let i = BUCKET_MS
                 .iter()
                 .position(|b| ms <= *b)

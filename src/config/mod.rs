@@ -431,6 +431,18 @@ ingest_time = "ingested_at"
     }
 
     #[test]
+    fn a_line_limit_past_256_mib_is_refused() {
+        let problems =
+            Config::parse(&format!("{GOOD}\n[tail]\nmax_line_bytes = \"1GiB\"\n")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "tail.max_line_bytes");
+        assert!(
+            problems[0].message.contains("at most 256MiB"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_bytes("16MiB"), Some(16 << 20));
         assert_eq!(parse_bytes("64 KiB"), Some(64 << 10));

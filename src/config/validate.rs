@@ -13,6 +13,10 @@ use super::raw::*;
 use super::report::{LineIndex, suggestion};
 use super::*;
 
+/// The longest line `tail.max_line_bytes` may allow: with the chunk size,
+/// it keeps a chunk's row offsets within `u32`.
+pub(crate) const MAX_LINE_LIMIT: usize = 256 << 20;
+
 /// Validates the text of a config file, collecting every problem.
 pub(super) fn document(text: &str) -> Result<Config, Vec<Problem>> {
     let lines = LineIndex::new(text);
@@ -492,13 +496,22 @@ impl Validator<'_> {
 
     /// `[tail]`.
     fn tail(&mut self, tail: RawTail) -> Tail {
+        let span = tail.max_line_bytes.as_ref().map(Spanned::span);
+        let max_line_bytes = self.bytes("tail.max_line_bytes", tail.max_line_bytes, 1 << 20);
+        if max_line_bytes > MAX_LINE_LIMIT {
+            self.problem(
+                "tail.max_line_bytes",
+                span,
+                format!("must be at most 256MiB (a row is sent whole), not {max_line_bytes}"),
+            );
+        }
         Tail {
             poll_interval: self.duration(
                 "tail.poll_interval",
                 tail.poll_interval,
                 Duration::from_secs(1),
             ),
-            max_line_bytes: self.bytes("tail.max_line_bytes", tail.max_line_bytes, 1 << 20),
+            max_line_bytes: max_line_bytes.min(MAX_LINE_LIMIT),
             read_buffer_bytes: self.bytes(
                 "tail.read_buffer_bytes",
                 tail.read_buffer_bytes,

@@ -38,12 +38,12 @@ pub fn parse_iso(s: &str) -> Option<Written> {
     let b = s.trim().as_bytes();
     let mut p = Cursor { b, i: 0 };
     let neg = p.eat(b'-');
-    let year = p.digits(4, 4)? as i32;
+    let year = i32::try_from(p.digits(4, 4)?).ok()?;
     let year = if neg { -year } else { year };
     p.expect(b'-')?;
-    let month = p.digits(2, 2)? as u8;
+    let month = u8::try_from(p.digits(2, 2)?).ok()?;
     p.expect(b'-')?;
-    let day = p.digits(2, 2)? as u8;
+    let day = u8::try_from(p.digits(2, 2)?).ok()?;
     let mut w = Written {
         year,
         month,
@@ -65,11 +65,11 @@ pub fn parse_iso(s: &str) -> Option<Written> {
         return None;
     }
     w.has_time = true;
-    w.hour = p.digits(2, 2)? as u8;
+    w.hour = u8::try_from(p.digits(2, 2)?).ok()?;
     p.expect(b':')?;
-    w.minute = p.digits(2, 2)? as u8;
+    w.minute = u8::try_from(p.digits(2, 2)?).ok()?;
     if p.eat(b':') {
-        w.second = p.digits(2, 2)? as u8;
+        w.second = u8::try_from(p.digits(2, 2)?).ok()?;
         if p.eat(b'.') || p.eat(b',') {
             let start = p.i;
             let mut nanos = 0u32;
@@ -99,9 +99,13 @@ pub fn parse_iso(s: &str) -> Option<Written> {
         w.offset = Some(0);
     } else if let Some(sign) = p.peek().filter(|c| *c == b'+' || *c == b'-') {
         p.i += 1;
-        let h = p.digits(2, 2)? as i32;
+        let h = i32::try_from(p.digits(2, 2)?).ok()?;
         p.eat(b':');
-        let m = if p.done() { 0 } else { p.digits(2, 2)? as i32 };
+        let m = if p.done() {
+            0
+        } else {
+            i32::try_from(p.digits(2, 2)?).ok()?
+        };
         if h > 23 || m > 59 {
             return None;
         }
@@ -186,8 +190,9 @@ pub fn civil_from_days(z: i64) -> (i64, u8, u8) {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    // Always 1..=31 and 1..=12.
+    let d = u8::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u8::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
@@ -206,11 +211,11 @@ impl Written {
             None => {
                 let dt = jiff::civil::DateTime::new(
                     i16::try_from(self.year).ok()?,
-                    self.month as i8,
-                    self.day as i8,
-                    self.hour as i8,
-                    self.minute as i8,
-                    self.second as i8,
+                    i8::try_from(self.month).ok()?,
+                    i8::try_from(self.day).ok()?,
+                    i8::try_from(self.hour).ok()?,
+                    i8::try_from(self.minute).ok()?,
+                    i8::try_from(self.second).ok()?,
                     0,
                 )
                 .ok()?;
@@ -266,7 +271,7 @@ pub fn parse_epoch(text: &str) -> Option<Instant> {
         total = -total;
     }
     let secs = i64::try_from(total.div_euclid(1_000_000_000)).ok()?;
-    let nanos = total.rem_euclid(1_000_000_000) as u32;
+    let nanos = u32::try_from(total.rem_euclid(1_000_000_000)).ok()?;
     Some(Instant { secs, nanos })
 }
 
@@ -308,7 +313,7 @@ pub fn now() -> Instant {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     Instant {
-        secs: d.as_secs() as i64,
+        secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: d.subsec_nanos(),
     }
 }
@@ -407,7 +412,7 @@ mod tests {
     fn civil_round_trip() {
         for days in [-719_468, -25_567, -1, 0, 1, 20_414, 120_529, 2_932_896] {
             let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y as i32, m, d), days);
+            assert_eq!(days_from_civil(i32::try_from(y).unwrap(), m, d), days);
         }
         assert_eq!(
             format_utc(Instant {

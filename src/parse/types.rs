@@ -113,7 +113,7 @@ impl ColumnType {
                     None => server_tz.clone(),
                 };
                 ColumnType::DateTime64 {
-                    precision: precision as u8,
+                    precision: u8::try_from(precision).map_err(|_| unsupported())?,
                     tz,
                 }
             }
@@ -156,8 +156,8 @@ fn decimal(precision: u32, scale: u32) -> Option<ColumnType> {
         .then_some(())
         .filter(|()| scale <= precision)?;
     Some(ColumnType::Decimal {
-        precision: precision as u8,
-        scale: scale as u8,
+        precision: u8::try_from(precision).ok()?,
+        scale: u8::try_from(scale).ok()?,
     })
 }
 
@@ -266,7 +266,7 @@ pub fn encode(ty: &ColumnType, raw: Option<&str>, out: &mut Vec<u8>) -> Result<(
             out.resize(out.len() + n - text.len(), 0);
         }
         ColumnType::Float64 => out.extend_from_slice(&float(raw)?.to_le_bytes()),
-        ColumnType::Float32 => out.extend_from_slice(&(float(raw)? as f32).to_le_bytes()),
+        ColumnType::Float32 => out.extend_from_slice(&nearest_f32(float(raw)?).to_le_bytes()),
         ColumnType::Bool => out.push(match raw {
             "false" | "0" => 0,
             "true" | "1" => 1,
@@ -318,8 +318,8 @@ pub fn encode(ty: &ColumnType, raw: Option<&str>, out: &mut Vec<u8>) -> Result<(
             let text = string_only(raw, "a UUID")?;
             let v = uuid(&text).ok_or_else(|| format!("{} is not a UUID", quote_short(&text)))?;
             // Two little-endian halves, high half first.
-            out.extend_from_slice(&((v >> 64) as u64).to_le_bytes());
-            out.extend_from_slice(&(v as u64).to_le_bytes());
+            out.extend_from_slice(&(v >> 64).to_le_bytes()[..8]);
+            out.extend_from_slice(&v.to_le_bytes()[..8]);
         }
         ColumnType::Ipv4 => {
             let v = if raw.starts_with('"') {
@@ -551,7 +551,8 @@ pub fn decimal_value(text: &str, precision: u8, scale: u8) -> Result<i128, Strin
     }
     // digits × 10^(exp − len(frac)), then scaled by 10^scale.
     let digits = format!("{int}{frac}");
-    let shift = exp.saturating_sub(frac.len() as i64) + i64::from(scale);
+    let shift =
+        exp.saturating_sub(i64::try_from(frac.len()).unwrap_or(i64::MAX)) + i64::from(scale);
     let digits = digits.trim_start_matches('0');
     let kept: &str = if shift >= 0 {
         digits
@@ -676,11 +677,19 @@ pub fn object_entries(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde
     Ok(v)
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a Float32 column takes the nearest f32"
+)]
+fn nearest_f32(v: f64) -> f32 {
+    v as f32
+}
+
 /// ClickHouse's unsigned LEB128, used for string and array lengths.
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.push(v.to_le_bytes()[0] | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.push(v.to_le_bytes()[0]);
 }

@@ -310,7 +310,9 @@ impl<'a> LineEncoder<'a> {
                         b.times.extend(done.time_ms);
                         b.rows.push(RowMark {
                             offset: start,
-                            end: b.data.len() as u32,
+                            // A chunk is cut at CHUNK_BYTES and a row's
+                            // line is at most MAX_LINE_LIMIT: far below 4 GiB.
+                            end: u32::try_from(b.data.len()).expect("a chunk under 4 GiB"),
                         });
                         self.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
                         Ok(())
@@ -362,7 +364,9 @@ impl<'a> LineEncoder<'a> {
 pub(super) fn flush_incomplete(t: &Tracked, sink: &Sink<'_>) -> Result<(), Cancelled> {
     let start = t.splitter.emitted_offset();
     let end = t.splitter.fed_offset();
-    let mut head = vec![0u8; (end - start).min(lines::TOO_LONG_HEAD as u64) as usize];
+    let len =
+        usize::try_from(end - start).map_or(lines::TOO_LONG_HEAD, |n| n.min(lines::TOO_LONG_HEAD));
+    let mut head = vec![0u8; len];
     let n = t.file.read_at(&mut head, start).unwrap_or(0);
     head.truncate(n);
     let reject = Reject::InvalidJson("incomplete last line (no newline) in a rotated file".into());

@@ -306,6 +306,7 @@ impl Tailer {
 }
 
 fn prefix_has_newline(file: &File, len: u64) -> bool {
-    let mut buf = vec![0u8; len as usize];
+    // `len` is a fingerprint's, at most FINGERPRINT_MAX.
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     file.read_exact_at(&mut buf, 0).is_ok() && buf.contains(&b'\n')
 }

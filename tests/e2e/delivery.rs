@@ -251,7 +251,7 @@ fn invalid_lines_are_quarantined_while_the_valid_ones_around_them_arrive() {
     // Offsets point at the lines themselves.
     let first: serde_json::Value = serde_json::from_str(q.lines().next().unwrap()).unwrap();
     let bytes = std::fs::read(&log).unwrap();
-    let at = first["offset"].as_u64().unwrap() as usize;
+    let at = usize::try_from(first["offset"].as_u64().unwrap()).unwrap();
     assert!(bytes[at..].starts_with(b"not json at all\n"));
     // And everything was committed past them.
     let state = std::fs::read_to_string(env.state.join("state.json")).unwrap();

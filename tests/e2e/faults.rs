@@ -419,5 +419,8 @@ fn two_thousand_rotated_files_cost_neither_memory_nor_lines() {
     assert_eq!((distinct, dups), (n, 0));
     assert!(peak < 48 << 10, "peak RSS {peak} KiB");
     // One descriptor per tracked file (idle files are not closed yet).
-    assert!(fds <= files as usize + 64, "{fds} descriptors");
+    assert!(
+        fds <= usize::try_from(files).unwrap() + 64,
+        "{fds} descriptors"
+    );
 }

@@ -331,7 +331,7 @@ fn a_corpus_of_bad_and_awkward_lines_each_gets_its_expected_outcome() {
     let table = env.table();
     let lines = corpus.iter().filter(|(_, o)| *o != Skip).count();
     wait_until(SHORT, "every corpus line inserted or quarantined", || {
-        count(ch, &table) as usize + quarantined(&env).len() >= lines
+        usize::try_from(count(ch, &table)).unwrap() + quarantined(&env).len() >= lines
     });
     env.settled(b"{\"ts\":\"partial\"}".len() as u64);
     let mut got = lines_of(ch, &format!("SELECT ts FROM {table} FORMAT TSV"));
