@@ -211,7 +211,15 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
             }
         }
     }
-    let checkpoints = Arc::new(Mutex::new(checkpoints));
+    // A batch a crash interrupted, rebuilt from the files as they are now.
+    let interrupted = Manifest::load(&state_dir).and_then(|manifest| {
+        replay::interrupted_batch(&manifest, &checkpoints, config, &plan.sources, &stats)
+            .map(|batch| (manifest, batch))
+    });
+    // From here the inserter's ledger owns the checkpoints; the tailer
+    // sends it what it learns of the files.
+    let (ledger, registry) = checkpoint::split(checkpoints);
+    let published = ledger.published();
     let quarantine = Arc::new(Mutex::new(Quarantine::new(&state_dir, stats.clone())));
     let queue = Arc::new(Queue::new(
         config.queue.max_rows,
@@ -225,7 +233,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
         version,
-        checkpoints: checkpoints.clone(),
+        ledger,
         state_dir: state_dir.clone(),
         state: svc.state.clone(),
         quarantine: quarantine.clone(),
@@ -236,23 +244,19 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         pressure: pressure.clone(),
     };
     // A batch a crash interrupted goes out again first, byte for byte.
-    if let Some(manifest) = Manifest::load(&state_dir) {
-        let batch =
-            replay::interrupted_batch(&manifest, &checkpoints, config, &plan.sources, &stats);
-        if let Some(batch) = batch {
-            tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
-            svc.notifier
-                .status("re-sending the batch interrupted by the last stop");
-            let replayed = tokio::select! {
-                ok = inserter.replay(&batch, &manifest.token) => ok,
-                sig = svc.signals.stop() => {
-                    tracing::info!(signal = sig, "stopped while re-sending the interrupted batch; it is sent again on the next start");
-                    return Ok(End::Exit(0));
-                }
-            };
-            if !replayed {
+    if let Some((manifest, batch)) = interrupted {
+        tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
+        svc.notifier
+            .status("re-sending the batch interrupted by the last stop");
+        let replayed = tokio::select! {
+            ok = inserter.replay(&batch, &manifest.token) => ok,
+            sig = svc.signals.stop() => {
+                tracing::info!(signal = sig, "stopped while re-sending the interrupted batch; it is sent again on the next start");
                 return Ok(End::Exit(0));
             }
+        };
+        if !replayed {
+            return Ok(End::Exit(0));
         }
     }
     let (batch_tx, batch_rx) = mpsc::channel(1);
@@ -269,7 +273,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         config.batch.max_rows,
         tail::Shared {
             queue,
-            checkpoints: checkpoints.clone(),
+            registry,
             quarantine,
             stats: stats.clone(),
             beat: liveness.tail.clone(),
@@ -292,7 +296,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         )));
     }
     svc.endpoint
-        .attach(Some(checkpoints.clone()), config.metrics.ready_max_lag);
+        .attach(Some(published), config.metrics.ready_max_lag);
     svc.notifier.ready("shipping");
     let watchdog = tokio::spawn(health::watch_health(
         server.clone(),

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use twox_hash::XxHash64;
 
 use crate::batch::{self, Batch};
-use crate::checkpoint::{self, Checkpoints, ChunkRange, Manifest, StateHealth};
+use crate::checkpoint::{self, ChunkRange, Ledger, Manifest, StateHealth};
 use crate::clickhouse::{Backoff, Class, Failure, Server};
 use crate::liveness::Liveness;
 use crate::parse::Reject;
@@ -43,7 +43,9 @@ pub(crate) struct Inserter {
     pub dedup_tokens: bool,
     /// The server's version: which settings it knows.
     pub version: crate::clickhouse::Version,
-    pub checkpoints: Arc<Mutex<Checkpoints>>,
+    /// The checkpoint map's owner: the tailer's changes are applied and
+    /// offsets advanced only here.
+    pub ledger: Ledger,
     pub state_dir: PathBuf,
     /// Whether the state can be written, for `/ready` and the status line.
     pub state: Arc<StateHealth>,
@@ -111,6 +113,14 @@ impl Inserter {
                 };
             }
         }
+        // What the tailer learned after the last commit (a file released or
+        // renamed) is kept too.
+        if self.ledger.take_changes() {
+            let dir = self.state_dir.clone();
+            let snapshot = Arc::new(self.ledger.snapshot());
+            self.persist("the checkpoint", move || checkpoint::save(&dir, &snapshot))
+                .await;
+        }
         Outcome::Drained
     }
 
@@ -168,11 +178,8 @@ impl Inserter {
     /// must never name a file the state on disk does not know. False (and
     /// nothing sent) if the shutdown deadline passed while the state
     /// directory could not be written.
-    async fn record(&self, batch: &Batch, token: &str) -> bool {
-        let unsaved = {
-            let mut cp = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
-            cp.take_unsaved().then(|| cp.snapshot())
-        };
+    async fn record(&mut self, batch: &Batch, token: &str) -> bool {
+        let unsaved = self.ledger.take_changes().then(|| self.ledger.snapshot());
         if let Some(snapshot) = unsaved {
             let dir = self.state_dir.clone();
             let snapshot = Arc::new(snapshot);
@@ -181,10 +188,7 @@ impl Inserter {
                 .await;
             if !saved {
                 // Registrations stay to be written with the next snapshot.
-                self.checkpoints
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .mark_unsaved();
+                self.ledger.mark_unsaved();
                 return false;
             }
         }
@@ -386,9 +390,7 @@ impl Inserter {
                 .flat_map(|c| c.times.iter().map(move |t| now - t)),
         );
         let snapshot = self
-            .checkpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .ledger
             .commit(batch.ranges().iter().map(|r| (r.file, r.end)));
         let dir = self.state_dir.clone();
         let snapshot = Arc::new(snapshot);

@@ -14,12 +14,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::checkpoint::{Checkpoints, StateHealth};
+use crate::checkpoint::{Published, StateHealth};
 use crate::clickhouse::Class;
 use crate::liveness::Liveness;
 use crate::parse::RejectKind;
 use crate::stats::{DELAY_BUCKETS, Stats};
-use crate::status::{self, FileStatus};
+use crate::status::{self, FileStatus, Phase};
 
 /// What the endpoint reports on.
 pub(crate) struct Endpoint {
@@ -27,7 +27,7 @@ pub(crate) struct Endpoint {
     pub liveness: Arc<Liveness>,
     /// Whether the state can be written.
     pub state: Arc<StateHealth>,
-    checkpoints: RwLock<Option<Arc<Mutex<Checkpoints>>>>,
+    checkpoints: RwLock<Option<Arc<Published>>>,
     ready_max_lag: AtomicU64,
     /// A stage that looks stuck, for `/health` (set by the watchdog check).
     pub stuck: Mutex<Option<String>>,
@@ -50,7 +50,7 @@ impl Endpoint {
     }
 
     /// Reports on a (new) running pipeline.
-    pub(crate) fn attach(&self, checkpoints: Option<Arc<Mutex<Checkpoints>>>, ready_max_lag: u64) {
+    pub(crate) fn attach(&self, checkpoints: Option<Arc<Published>>, ready_max_lag: u64) {
         *self.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = checkpoints;
         self.ready_max_lag.store(ready_max_lag, Ordering::Relaxed);
     }
@@ -63,13 +63,10 @@ impl Endpoint {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match cp {
-            Some(cp) => {
-                let cp = cp.lock().unwrap_or_else(|e| e.into_inner());
-                status::of(&cp)
-                    .into_iter()
-                    .filter(|f| f.state != "released")
-                    .collect()
-            }
+            Some(published) => status::of(&published.files())
+                .into_iter()
+                .filter(|f| f.state != Phase::Released)
+                .collect(),
             None => Vec::new(),
         }
     }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::batch::Batch;
 use crate::checkpoint::{Checkpoints, FileState, Manifest};
@@ -30,12 +30,12 @@ use crate::tail::{
 /// files: the same bytes, read and encoded again, in the same order.
 pub(crate) fn interrupted_batch(
     manifest: &Manifest,
-    checkpoints: &Mutex<Checkpoints>,
+    checkpoints: &Checkpoints,
     config: &Config,
     sources: &[SourceRoute],
     stats: &Stats,
 ) -> Option<Batch> {
-    let pending = manifest.pending(&checkpoints.lock().unwrap_or_else(|e| e.into_inner()));
+    let pending = manifest.pending(checkpoints);
     if pending.is_empty() {
         return None;
     }
@@ -46,11 +46,7 @@ pub(crate) fn interrupted_batch(
         .collect();
     let mut batch = Batch::default();
     for range in pending {
-        let entry = checkpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(range.file)
-            .cloned()?;
+        let entry = checkpoints.get(range.file).cloned()?;
         let chunk = locate(&entry, &patterns).and_then(|(path, file)| {
             let source = source_near(sources, Some(&entry.path), &path);
             if batch

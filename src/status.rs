@@ -2,6 +2,8 @@
 //! behind. Reads the state on disk, so it works whether or not the daemon
 //! runs.
 
+use std::fmt;
+
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoints, FileState};
@@ -16,7 +18,29 @@ pub struct FileStatus {
     pub size: Option<u64>,
     pub committed: u64,
     pub lag_bytes: Option<u64>,
-    pub state: &'static str,
+    pub state: Phase,
+}
+
+/// Where a file is in its life, as `chtail status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// At its recorded path, being read.
+    Active,
+    /// Not at its recorded path (rotated away, or deleted), not released yet.
+    Moved,
+    /// Rotated away and read to its end.
+    Released,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Phase::Active => "active",
+            Phase::Moved => "moved",
+            Phase::Released => "released",
+        })
+    }
 }
 
 pub fn collect(config: &Config) -> Result<Vec<FileStatus>, String> {
@@ -24,9 +48,9 @@ pub fn collect(config: &Config) -> Result<Vec<FileStatus>, String> {
     Ok(files.iter().map(status_of).collect())
 }
 
-/// The status of every file the checkpoints know.
-pub fn of(checkpoints: &Checkpoints) -> Vec<FileStatus> {
-    checkpoints.files().map(status_of).collect()
+/// The status of every file the ledger has published.
+pub(crate) fn of(files: &[FileState]) -> Vec<FileStatus> {
+    files.iter().map(status_of).collect()
 }
 
 /// Whether a chtail holds the state directory's lock right now.
@@ -45,9 +69,9 @@ fn status_of(f: &FileState) -> FileStatus {
         committed: f.offset,
         lag_bytes: size.map(|s| s.saturating_sub(f.offset)),
         state: match (f.released_at, size) {
-            (Some(_), _) => "released",
-            (None, Some(_)) => "active",
-            (None, None) => "moved",
+            (Some(_), _) => Phase::Released,
+            (None, Some(_)) => Phase::Active,
+            (None, None) => Phase::Moved,
         },
     }
 }

@@ -38,7 +38,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::Registry;
 use crate::config;
 use crate::identity::{self, FileId, Identity};
 use crate::liveness::Beat;
@@ -217,7 +217,8 @@ impl Output {
 /// What the tailer shares with the other stages.
 pub struct Shared {
     pub queue: Arc<Queue>,
-    pub checkpoints: Arc<Mutex<Checkpoints>>,
+    /// The tailer's index of the files it knows; changes go to the ledger.
+    pub registry: Registry,
     pub quarantine: Arc<Mutex<Quarantine>>,
     pub stats: Arc<Stats>,
     /// The tailer's liveness beat, for the watchdog.
@@ -228,7 +229,7 @@ pub struct Tailer {
     patterns: Vec<String>,
     cfg: config::Tail,
     out: Output,
-    checkpoints: Arc<Mutex<Checkpoints>>,
+    registry: Registry,
     control: Control,
     wake: Receiver<()>,
     files: Vec<Tracked>,
@@ -260,7 +261,7 @@ impl Tailer {
     ) -> Tailer {
         let Shared {
             queue,
-            checkpoints,
+            registry,
             quarantine,
             stats,
             beat,
@@ -273,7 +274,7 @@ impl Tailer {
             fresh: Arc::default(),
         };
         let patterns: Vec<String> = sources.iter().flat_map(|s| s.patterns.clone()).collect();
-        let rotations_since = lock(&checkpoints).watching_since();
+        let rotations_since = registry.watching_since();
         let watcher = paths::watch(&patterns, control.clone());
         Tailer {
             patterns,
@@ -291,7 +292,7 @@ impl Tailer {
             buf: vec![0; cfg.read_buffer_bytes],
             builder: ChunkBuilder::new(0),
             cfg,
-            checkpoints,
+            registry,
             control,
             wake: rx,
             files: Vec::new(),
@@ -312,9 +313,13 @@ impl Tailer {
 
     /// Runs until stopped; then closes the queue.
     pub fn run(mut self) {
+        // The crash replay may have committed since the registry was made.
+        self.registry.refresh();
         self.discover(true);
         'outer: while !self.control.cancel.load(Ordering::SeqCst) {
             self.out.beat.now();
+            // What the ledger committed and pruned since the last round.
+            self.registry.refresh();
             let names = self.control.names_changed.swap(false, Ordering::Relaxed);
             if names
                 || self
@@ -454,12 +459,12 @@ impl Tailer {
                 if *t.path != *path {
                     tracing::info!(id = t.id.0, from = %t.path.display(), to = %path.display(), "file renamed; following it");
                     t.path = Arc::from(path.as_path());
-                    lock(&self.checkpoints).set_path(t.id, &path);
+                    self.registry.set_path(t.id, &path);
                 }
                 if t.detached {
                     t.detached = false;
                     t.detached_at = None;
-                    lock(&self.checkpoints).set_released(t.id, false);
+                    self.registry.set_released(t.id, false);
                 }
                 continue;
             }
@@ -636,7 +641,7 @@ impl Tailer {
             && let Ok(Some(longer)) = t.identity.lengthened(&t.file, size)
         {
             t.identity = longer;
-            lock(&self.checkpoints).set_identity(t.id, longer);
+            self.registry.set_identity(t.id, longer);
         }
         let t = &mut self.files[i];
         let sink = self.out.sink(t);
@@ -667,7 +672,7 @@ impl Tailer {
         // The old entry stays (released) so that the rotated copy, if a
         // source matches it, is recognised and resumed where reading stopped;
         // chunks of the old content still in flight commit to it.
-        let mut cp = lock(&self.checkpoints);
+        let cp = &mut self.registry;
         cp.set_released(t.id, true);
         self.ghosts.insert(t.id, t.splitter.emitted_offset());
         t.id = cp.register(identity, &t.path, 0);
@@ -704,7 +709,7 @@ impl Tailer {
             }
             let t = self.files.swap_remove(i);
             tracing::info!(id = t.id.0, path = %t.path.display(), deleted, "finished a rotated file; released it");
-            lock(&self.checkpoints).set_released(t.id, true);
+            self.registry.release(t.id, t.splitter.fed_offset());
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Resuming: which checkpoint, if any, a file found on disk continues.
 //!
 //! A file is matched to its checkpoint by identity (invariant 5): the same
-//! inode with the same first bytes resumes at its committed offset; a copy
+//! inode with the same first bytes resumes where its reading stopped (its
+//! committed offset, or, released with rows still on their way, what was
+//! handed out: `Registry::read_offset`); a copy
 //! of a known file (copytruncate) resumes where reading of the original
 //! stopped; anything else is new and read from 0. At start-up, checkpointed
 //! files that were rotated out of the globs while chtail was down are found
@@ -17,7 +19,7 @@ use super::lines::LineSplitter;
 use super::paths::{
     has_compressed_magic, is_compressed_name, is_rotation_of, literal_dir, source_near,
 };
-use super::{Tailer, Tracked, lock};
+use super::{Tailer, Tracked};
 use crate::identity::{FileId, Identity};
 
 impl Tailer {
@@ -33,7 +35,7 @@ impl Tailer {
         }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
-        let mut cp = lock(&self.checkpoints);
+        let cp = &mut self.registry;
         // The same file, seen before: same inode, same first bytes. An
         // entry taken while its file was empty proves nothing (the inode may
         // have been freed and reused since): it only matches if nothing else
@@ -42,7 +44,7 @@ impl Tailer {
             .files()
             .filter(|f| !tracked.contains(&f.id) && f.identity.same_inode(&identity))
             .filter(|f| f.identity.same_content(&file).unwrap_or(false))
-            .map(|f| (f.id, f.offset, f.identity.fp_len))
+            .map(|f| (f.id, cp.read_offset(f), f.identity.fp_len))
             .collect();
         for (id, _, _) in same_inode.iter().filter(|(_, _, fp)| *fp == 0) {
             cp.forget(*id);
@@ -115,7 +117,6 @@ impl Tailer {
         };
         // Make sure the fingerprint on record describes what is there now.
         cp.set_identity(id, identity);
-        drop(cp);
         if read_from > 0 {
             tracing::info!(id = id.0, path = %path.display(), offset = read_from, size, "resuming file");
         } else {
@@ -144,7 +145,7 @@ impl Tailer {
     /// that are gone: mark them released so they are pruned in time.
     pub(super) fn release_unmatched(&mut self) {
         let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
-        let mut cp = lock(&self.checkpoints);
+        let cp = &mut self.registry;
         let gone: Vec<FileId> = cp
             .files()
             .filter(|f| !tracked.contains(&f.id) && f.released_at.is_none())
@@ -224,9 +225,9 @@ impl Tailer {
                 // Known to the checkpoints and read to its end: the usual
                 // case for a released rotation, told by inode without I/O
                 // and then confirmed by content.
-                let read = lock(&self.checkpoints).files().any(|f| {
+                let read = self.registry.files().any(|f| {
                     (f.identity.dev, f.identity.ino) == key
-                        && f.offset >= meta.len()
+                        && self.registry.read_offset(f) >= meta.len()
                         && f.identity.open_at(&path).is_some()
                 });
                 if !read {
@@ -259,7 +260,7 @@ impl Tailer {
     /// them by identity in the sources' directories, and finish them.
     pub(super) fn find_moved_while_down(&mut self) {
         let missing: Vec<_> = {
-            let cp = lock(&self.checkpoints);
+            let cp = &self.registry;
             let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
             cp.files()
                 .filter(|f| !tracked.contains(&f.id))

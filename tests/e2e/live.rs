@@ -370,3 +370,61 @@ fn a_server_that_stops_answering_while_the_bot_writes_costs_no_memory_and_loses_
     assert!(dups <= 3 * 50_000, "{dups} duplicated");
     assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
 }
+
+// A rotated file read into the queue during an outage, then released (read
+// to its end, idle) before its rows could be inserted: the rotation scan
+// must take it as read, not as a rotation chtail missed, or its queued rows
+// are read and sent a second time.
+#[test]
+fn rotations_read_and_released_during_an_outage_are_not_read_again() {
+    let _one = one_at_a_time();
+    let mut ch = ClickHouse::start();
+    // A queue that holds the whole outage, so that rotated files are read
+    // to their end and released while nothing can be inserted.
+    let env = Env::new(
+        &ch,
+        "live_outage_release",
+        "events.jsonl",
+        "[tail]\npoll_interval = \"200ms\"\n[queue]\nmax_rows = 1000000\nmax_bytes = \"512MiB\"",
+    );
+    let n = BOT_RATE * BOT_SECS;
+    let mut chtail = env.start();
+    let mut writer = Writer::start(
+        &env.log("events.jsonl"),
+        "rotating",
+        0,
+        n,
+        4 << 20,
+        BOT_RATE,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    ch.stop();
+    let down = Instant::now();
+    while writer.running() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rate = writer.finish();
+    // Past the release of the last rotation (idle 10 s) and several scans.
+    while down.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let released = chtail.logs().matches("finished a rotated file").count();
+    let peak = peak_rss_kib(chtail.pid());
+    ch.resume();
+    let files = std::fs::read_dir(&env.logs).unwrap().count();
+    let (distinct, dups) = support::finish(&ch, &env.table(), n, &mut chtail, SHORT);
+    println!(
+        "ClickHouse down for 30 s while the bot wrote {n} events at {rate:.0}/s into {files} files, \
+         {released} of them released during the outage: {distinct} arrived, {dups} duplicated; \
+         peak RSS {peak} KiB (a queue of 512 MiB)"
+    );
+    assert!(
+        rate >= BOT_RATE as f64 * 0.5,
+        "the writer reached only {rate:.0} events/s: not the bot's pace"
+    );
+    assert!(
+        released > 0,
+        "the test must release a file during the outage"
+    );
+    assert_eq!((distinct, dups), (n, 0), "{}", chtail.logs());
+}

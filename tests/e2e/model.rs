@@ -3,8 +3,8 @@
 //! and crashes, driven against real files, while an in-memory model says
 //! which lines must be delivered. The "inserter" here is the test itself: it
 //! takes chunks from the real queue, records their lines as delivered, and
-//! commits their offsets through the inserter's own commit
-//! (`Checkpoints::commit`) and state write.
+//! records and commits through the checkpoints' owner as the inserter does
+//! (`Ledger::take_changes`, `Ledger::commit`) and writes the state.
 //!
 //! In the model's terms: every complete line is delivered exactly once,
 //! except that a crash between an insert and its checkpoint may deliver the
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chtail::checkpoint::{self, Checkpoints};
+use chtail::checkpoint::{self, Checkpoints, Ledger};
 use chtail::config;
 use chtail::parse::Schema;
 use chtail::quarantine::Quarantine;
@@ -67,7 +67,8 @@ struct Running {
     stop: chtail::tail::Control,
     thread: std::thread::JoinHandle<()>,
     queue: Arc<Queue>,
-    checkpoints: Arc<Mutex<Checkpoints>>,
+    /// The checkpoints' owner, as the inserter holds it.
+    ledger: Mutex<Ledger>,
 }
 
 struct Harness {
@@ -131,7 +132,7 @@ impl Harness {
 
     fn start(&mut self) {
         let (cp, _) = Checkpoints::load(&self.state).unwrap();
-        let checkpoints = Arc::new(Mutex::new(cp));
+        let (ledger, registry) = checkpoint::split(cp);
         let stats = Arc::new(Stats::default());
         let queue = Arc::new(Queue::new(64, 1 << 20, stats.clone()));
         let schema = Arc::new(Schema::plain(&[("ts".to_string(), "String".to_string())]).unwrap());
@@ -153,7 +154,7 @@ impl Harness {
             16, // small chunks: more commits, more places to crash between
             chtail::tail::Shared {
                 queue: queue.clone(),
-                checkpoints: checkpoints.clone(),
+                registry,
                 quarantine,
                 stats,
                 beat: Default::default(),
@@ -165,7 +166,7 @@ impl Harness {
             stop,
             thread,
             queue,
-            checkpoints,
+            ledger: Mutex::new(ledger),
         });
     }
 
@@ -179,13 +180,18 @@ impl Harness {
             .collect()
     }
 
-    /// The inserter's commit: `Checkpoints::commit`, then the write.
+    /// The inserter's record: files the tailer found are written before a
+    /// batch naming them is sent.
+    fn record(r: &Running, state: &Path) {
+        let mut ledger = r.ledger.lock().unwrap();
+        if ledger.take_changes() {
+            checkpoint::save(state, &ledger.snapshot()).unwrap();
+        }
+    }
+
+    /// The inserter's commit: `Ledger::commit`, then the write.
     fn commit(r: &Running, state: &Path, chunk: &Chunk) {
-        let snapshot = r
-            .checkpoints
-            .lock()
-            .unwrap()
-            .commit([(chunk.file, chunk.end)]);
+        let snapshot = r.ledger.lock().unwrap().commit([(chunk.file, chunk.end)]);
         checkpoint::save(state, &snapshot).unwrap();
     }
 
@@ -198,6 +204,7 @@ impl Harness {
                 .block_on(async { tokio::time::timeout(wait, r.queue.pop()).await });
             match got {
                 Ok(Some(chunk)) => {
+                    Self::record(r, &self.state);
                     for seq in Self::decode(&chunk) {
                         *self.delivered.entry(seq).or_default() += 1;
                     }

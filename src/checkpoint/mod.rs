@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::identity::FileId;
 use crate::identity::Identity;
 
+mod ledger;
+
+pub use ledger::{Ledger, Published, Registry, split};
+
 pub const STATE_FILE: &str = "state.json";
 /// The batch being inserted: which bytes, under which token.
 pub const MANIFEST_FILE: &str = "inflight.json";
@@ -92,8 +96,9 @@ pub enum StateError {
     },
 }
 
-/// All checkpoints, in memory; [`Checkpoints::save`] persists them.
-#[derive(Debug, Default)]
+/// All checkpoints, in memory. Once the pipeline runs, the [`Ledger`] owns
+/// them; the tailer keeps its own index in a [`Registry`].
+#[derive(Debug, Default, Clone)]
 pub struct Checkpoints {
     next_id: u64,
     files: BTreeMap<FileId, FileState>,
@@ -200,67 +205,43 @@ impl Checkpoints {
         self.files.get(&id)
     }
 
-    /// Starts tracking a file at `offset`.
-    pub fn register(&mut self, identity: Identity, path: &Path, offset: u64) -> FileId {
-        let id = FileId(self.next_id);
-        self.next_id += 1;
-        self.unsaved = true;
-        self.files.insert(
-            id,
-            FileState {
-                id,
-                identity,
-                path: path.to_owned(),
-                offset,
-                released_at: None,
-            },
-        );
-        id
-    }
-
-    pub fn set_path(&mut self, id: FileId, path: &Path) {
-        if let Some(f) = self.files.get_mut(&id)
-            && f.path != path
-        {
-            f.path = path.to_owned();
-        }
-    }
-
-    pub fn set_identity(&mut self, id: FileId, identity: Identity) {
-        if let Some(f) = self.files.get_mut(&id) {
-            f.identity = identity;
-        }
-    }
-
-    pub fn set_released(&mut self, id: FileId, released: bool) {
-        if let Some(f) = self.files.get_mut(&id) {
-            f.released_at = released.then(now_unix);
+    /// The one place where a change to which files exist takes effect, in
+    /// the tailer's index and in the ledger alike.
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Register(state) => {
+                self.next_id = self.next_id.max(state.id.0 + 1);
+                self.unsaved = true;
+                self.files.insert(state.id, state.clone());
+            }
+            Change::Forget(id) => {
+                self.files.remove(id);
+            }
+            Change::Path(id, path) => {
+                if let Some(f) = self.files.get_mut(id) {
+                    f.path.clone_from(path);
+                }
+            }
+            Change::Identity(id, identity) => {
+                if let Some(f) = self.files.get_mut(id) {
+                    f.identity = *identity;
+                }
+            }
+            Change::Released(id, at) => {
+                if let Some(f) = self.files.get_mut(id) {
+                    f.released_at = *at;
+                }
+            }
         }
     }
 
     /// Records that every byte before `end` of `id` is committed. Offsets
     /// never move back; a range of a file that was since forgotten (it was
     /// truncated and is tracked anew) is ignored.
-    pub fn advance(&mut self, id: FileId, end: u64) {
+    fn advance(&mut self, id: FileId, end: u64) {
         if let Some(f) = self.files.get_mut(&id) {
             f.offset = f.offset.max(end);
         }
-    }
-
-    /// The commit of an acknowledged batch (invariant 2): every file's
-    /// offset advances to the end of its range, released files long gone
-    /// are pruned, and the state to write is returned. The inserter writes
-    /// it before it sends anything more.
-    pub fn commit(&mut self, ends: impl IntoIterator<Item = (FileId, u64)>) -> Vec<u8> {
-        for (id, end) in ends {
-            self.advance(id, end);
-        }
-        self.prune(PRUNE_AFTER_SECS);
-        self.snapshot()
-    }
-
-    pub fn forget(&mut self, id: FileId) {
-        self.files.remove(&id);
     }
 
     /// Drops entries of files released more than `older_than_secs` ago
@@ -268,7 +249,7 @@ impl Checkpoints {
     /// to know the file as read. A released file still on disk keeps its
     /// entry, so that it is never taken for an unread rotation. Looks at the
     /// disk at most every [`PRUNE_EVERY`].
-    pub fn prune(&mut self, older_than_secs: u64) {
+    fn prune(&mut self, older_than_secs: u64) {
         if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
             return;
         }
@@ -305,13 +286,13 @@ impl Checkpoints {
 
     /// Registrations must still be written (a snapshot carrying them could
     /// not be).
-    pub fn mark_unsaved(&mut self) {
+    fn mark_unsaved(&mut self) {
         self.unsaved = true;
     }
 
     /// Whether files were registered since the last call: the state on disk
     /// must learn of them before a batch naming them is sent.
-    pub fn take_unsaved(&mut self) -> bool {
+    fn take_unsaved(&mut self) -> bool {
         std::mem::take(&mut self.unsaved)
     }
 
@@ -446,6 +427,18 @@ impl StateHealth {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.failing.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A change to which files exist: made by the tailer, applied by the
+/// tailer's [`Registry`] and, in the same order, by the [`Ledger`].
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Register(FileState),
+    Forget(FileId),
+    Path(FileId, PathBuf),
+    Identity(FileId, Identity),
+    /// Unix seconds of the release; `None`: tracked again.
+    Released(FileId, Option<u64>),
 }
 
 /// One chunk of a batch: bytes `start..end` of `file`.
@@ -587,6 +580,22 @@ mod tests {
     impl Checkpoints {
         fn read_only_path(path: &Path) -> Vec<FileState> {
             read_state(path).unwrap().unwrap().files
+        }
+
+        fn register(&mut self, identity: Identity, path: &Path, offset: u64) -> FileId {
+            let id = FileId(self.next_id);
+            self.apply(&Change::Register(FileState {
+                id,
+                identity,
+                path: path.to_owned(),
+                offset,
+                released_at: None,
+            }));
+            id
+        }
+
+        fn set_released(&mut self, id: FileId, released: bool) {
+            self.apply(&Change::Released(id, released.then(now_unix)));
         }
     }
 }
