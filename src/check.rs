@@ -200,9 +200,12 @@ pub async fn check(config: &Config) -> usize {
     for t in &plan.tables {
         let table = format!("{}.{}", ch.database, t.name);
         match server.delivery(plan.version, &t.name).await {
-            Delivery::ExactlyOnce(why) => crate::out!(
-                "ok       table {table}: delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
-            ),
+            Delivery::ExactlyOnce { why, limit } => {
+                crate::out!(
+                    "ok       table {table}: delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
+                );
+                crate::out!("note     table {table}: the deduplication window: {limit}");
+            }
             Delivery::AtLeastOnce(why) => crate::out!(
                 "note     table {table}: delivery is at-least-once: {why}. A batch inserted just before a crash, before its checkpoint, is sent again"
             ),

@@ -416,16 +416,28 @@ impl Server {
             let seconds = self
                 .merge_tree_setting(full, "replicated_deduplication_window_seconds")
                 .await;
-            let window = match (blocks, seconds) {
-                (Some(b), Some(s)) => format!(
-                    "the last {b} blocks within {s} s; a batch re-sent after a longer outage or downtime is a duplicate"
+            let (window, limit) = match (blocks, seconds) {
+                (Some(b), Some(s)) => (
+                    format!("the last {b} blocks within {s} s"),
+                    format!(
+                        "a batch re-sent after an outage or downtime longer than {s} s (replicated_deduplication_window_seconds), or after {b} other blocks, is inserted twice"
+                    ),
                 ),
-                (Some(b), None) => format!("the last {b} blocks"),
-                _ => "its last blocks (replicated_deduplication_window)".into(),
+                (Some(b), None) => (
+                    format!("the last {b} blocks"),
+                    format!("a batch re-sent after {b} other blocks is inserted twice"),
+                ),
+                _ => (
+                    "its last blocks (replicated_deduplication_window)".into(),
+                    "a batch re-sent after more blocks than replicated_deduplication_window is inserted twice".into(),
+                ),
             };
-            return Delivery::ExactlyOnce(format!(
-                "{engine} drops a block identical to one of {window}; a batch re-sent after a crash is byte for byte the same"
-            ));
+            return Delivery::ExactlyOnce {
+                why: format!(
+                    "{engine} drops a block identical to one of {window}; a batch re-sent after a crash is byte for byte the same"
+                ),
+                limit,
+            };
         }
         if !version.has_dedup_token() {
             return Delivery::AtLeastOnce(format!(
@@ -447,9 +459,14 @@ impl Server {
             .await
             .unwrap_or(0);
         if window > 0 {
-            Delivery::ExactlyOnce(format!(
-                "{engine} with non_replicated_deduplication_window = {window} (the last {window} inserts are remembered; a batch re-sent after more inserts than that is a duplicate)"
-            ))
+            Delivery::ExactlyOnce {
+                why: format!(
+                    "{engine} with non_replicated_deduplication_window = {window} (the last {window} inserts are remembered)"
+                ),
+                limit: format!(
+                    "a batch re-sent after {window} other inserts into the table is inserted twice"
+                ),
+            }
         } else {
             Delivery::AtLeastOnce(format!(
                 "plain {engine} with non_replicated_deduplication_window = 0; for exactly-once run: ALTER TABLE `{}`.`{table}` MODIFY SETTING non_replicated_deduplication_window = 1000",
@@ -573,7 +590,11 @@ fn tls_config(cfg: &config::ClickHouse) -> Result<rustls::ClientConfig, String> 
 /// Whether a crash can send a batch twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Delivery {
-    ExactlyOnce(String),
+    /// Why, and the limit of the server's memory of what it saw.
+    ExactlyOnce {
+        why: String,
+        limit: String,
+    },
     AtLeastOnce(String),
 }
 

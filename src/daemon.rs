@@ -203,8 +203,8 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         let table = format!("{}.{}", config.clickhouse.database, t.name);
         tracing::info!(server = %version, table = %table, columns = t.schema.columns().len(), "ClickHouse reached");
         match server.delivery(version, &t.name).await {
-            Delivery::ExactlyOnce(why) => {
-                tracing::info!(table = %table, "delivery is exactly-once: {why}")
+            Delivery::ExactlyOnce { why, limit } => {
+                tracing::info!(table = %table, "delivery is exactly-once: {why}; {limit}")
             }
             Delivery::AtLeastOnce(why) => {
                 tracing::warn!(table = %table, "delivery is at-least-once: {why}")
@@ -333,8 +333,13 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
             }
         }
     };
+    // The helpers first (they only watch), then the stages front to back:
+    // the tailer stops, the batcher and the inserter end with their input.
     for h in &helpers {
         h.abort();
+    }
+    for h in helpers {
+        let _ = h.await;
     }
     control.stop();
     let outcome = match drain(config, svc, &mut insert_task, &give_up_tx).await? {

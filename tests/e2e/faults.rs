@@ -424,3 +424,95 @@ fn two_thousand_rotated_files_cost_neither_memory_nor_lines() {
         "{fds} descriptors"
     );
 }
+
+fn set_nofile(pid: u32, limit: u32) -> bool {
+    Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+// Issue 12, case 2: descriptors run out. With room for only a few files,
+// and 1,100 connections held open on the metrics port, chtail must say so
+// (an ERROR naming the error, the metric), never take a file it cannot
+// open or list for gone, keep its descriptors under the limit, and read
+// everything once the limit is raised, without a restart.
+#[test]
+fn running_out_of_descriptors_is_an_error_never_a_file_gone() {
+    let _one = one_at_a_time();
+    let ch = shared();
+    let env = Env::new(
+        ch,
+        "emfile",
+        "events.jsonl*",
+        "[tail]\npoll_interval = \"200ms\"",
+    );
+    let mut chtail = env.start();
+    let pid = chtail.pid();
+    let port = metrics_port(&env);
+    wait_until(SHORT, "/ready", || http_get(port, "/ready").0 == 200);
+    // The test holds many connections itself.
+    if !set_nofile(std::process::id(), 4096) || !set_nofile(pid, 40) {
+        println!("SKIPPED: prlimit cannot change the descriptor limits here (needs root)");
+        return;
+    }
+    let baseline = descriptors(pid);
+    let mut held = Vec::new();
+    for _ in 0..1_100 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+            held.push(c);
+        }
+    }
+    // Rotated files a plenty: 1 MiB each at the bot's pace.
+    let n = BOT_RATE * BOT_SECS;
+    let mut writer = Writer::start(
+        &env.log("events.jsonl"),
+        "rotating",
+        0,
+        n,
+        1 << 20,
+        BOT_RATE,
+    );
+    let mut most = 0;
+    while writer.running() {
+        most = most.max(descriptors(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rate = writer.finish();
+    let files = std::fs::read_dir(&env.logs).unwrap().count();
+    let starved_logs = chtail.logs();
+    assert!(
+        starved_logs.contains("Too many open files"),
+        "no EMFILE reported ({files} files, {} connections held):\n{starved_logs}",
+        held.len()
+    );
+    assert!(
+        !starved_logs.contains("finished a rotated file"),
+        "a file chtail could not open or list was taken for gone:\n{starved_logs}"
+    );
+    drop(held);
+    assert!(set_nofile(pid, 65_536));
+    let (distinct, dups) = support::finish(ch, &env.table(), n, &mut chtail, SHORT);
+    println!(
+        "descriptors limited to 40 ({baseline} in use at the start, at most {most} while {files} files \
+         were written at {rate:.0}/s with 1,100 connections attempted on the metrics port): \
+         {distinct} of {n} arrived once the limit was raised, {dups} duplicated"
+    );
+    assert!(most <= 40, "{most} descriptors under a limit of 40");
+    assert!(
+        rate >= BOT_RATE as f64 * 0.5,
+        "the writer reached only {rate:.0} events/s: not the bot's pace"
+    );
+    assert_eq!((distinct, dups), (n, 0), "{}", chtail.logs());
+}

@@ -12,6 +12,7 @@ mod faults;
 mod live;
 mod model;
 mod modern;
+mod network;
 mod rotation;
 mod schema;
 mod service;

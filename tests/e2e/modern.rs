@@ -24,6 +24,12 @@ fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_passwor
         ),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(
+            "note     table t_modern_basic.argus_events: the deduplication window: a batch re-sent after 1000 other inserts"
+        ),
+        "{stdout}"
+    );
     assert!(!stdout.contains("modern-pw"));
     let create = ch.query(&format!("SHOW CREATE TABLE {}", env.table()));
     assert!(
@@ -42,6 +48,15 @@ fn the_table_is_created_to_deduplicate_and_rows_arrive_compressed_with_a_passwor
     expect_rows(&ch, &env.table(), 5000);
     assert!(chtail.terminate(SHORT).success());
     assert!(!chtail.logs().contains("modern-pw"));
+    // async_insert is on by default from 26.2: chtail's inserts turn it
+    // off (their batches are large, and async inserts deduplicate by other
+    // rules), and carry their token.
+    let sent = ch.insert_settings();
+    assert!(!sent.is_empty(), "no insert recorded");
+    for s in &sent {
+        assert!(s.contains("async_insert=0"), "{s}");
+        assert!(s.contains("insert_deduplication_token="), "{s}");
+    }
 }
 
 #[test]

@@ -19,6 +19,8 @@ Listens on 127.0.0.1:PORT, and with TLS_PORT also serves HTTPS there with
 the given certificate chain and key. With CHDB_FRONT_LOG=FILE, each insert appends a
 line to FILE: its deduplication token, body bytes, and the table's row count
 before and after (equal counts: the server dropped it as a duplicate).
+Every insert's settings, as the client sent them, are appended to
+DATA_DIR/../insert_settings, one line each (`k=v k=v`, sorted).
 """
 import os
 import re
@@ -205,6 +207,9 @@ class Handler(BaseHTTPRequestHandler):
             f.write(body)
             path = f.name
         logging = os.environ.get("CHDB_FRONT_LOG")
+        seen = os.path.join(os.path.dirname(DATA_DIR.rstrip("/")), "insert_settings")
+        with open(seen, "a") as f:
+            f.write(" ".join(f"{k}={v}" for k, v in sorted(settings.items())) + "\n")
         try:
             rows_before = run(f"SELECT count() FROM {table}").strip() if logging else b"-"
             clause = ""

@@ -13,6 +13,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub(crate) mod netns;
+
 /// A private ClickHouse server.
 pub(crate) struct ClickHouse {
     pub http_port: u16,
@@ -24,6 +26,8 @@ pub(crate) struct ClickHouse {
     modern: bool,
     /// Also serving HTTPS on this port, with a certificate from `ca.pem`.
     pub tls_port: Option<u16>,
+    /// The network namespace it runs in (`None`: the host's).
+    netns: Option<String>,
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -41,6 +45,11 @@ pub(crate) fn shared() -> &'static ClickHouse {
 
 impl ClickHouse {
     pub(crate) fn start() -> ClickHouse {
+        ClickHouse::start_in(None)
+    }
+
+    /// Debian's server inside a network namespace ([`netns::Netns`]).
+    pub(crate) fn start_in(netns: Option<&netns::Netns>) -> ClickHouse {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut ch = ClickHouse {
@@ -51,6 +60,7 @@ impl ClickHouse {
             child: None,
             modern: false,
             tls_port: None,
+            netns: netns.map(|n| n.name.clone()),
         };
         ch.write_config();
         ch.spawn();
@@ -60,16 +70,21 @@ impl ClickHouse {
     /// A modern ClickHouse (26.x, through chdb) behind the HTTP front in
     /// `tests/support/chdb_front.py`. `password` is required if not empty.
     pub(crate) fn modern(password: &str) -> ClickHouse {
-        ClickHouse::modern_with(password, false)
+        ClickHouse::modern_with(password, false, None)
+    }
+
+    /// [`ClickHouse::modern`] inside a network namespace.
+    pub(crate) fn modern_in(netns: &netns::Netns) -> ClickHouse {
+        ClickHouse::modern_with("", false, Some(netns))
     }
 
     /// [`ClickHouse::modern`], also serving HTTPS with a certificate signed
     /// by a throwaway CA (`ca_file()`).
     pub(crate) fn modern_tls() -> ClickHouse {
-        ClickHouse::modern_with("", true)
+        ClickHouse::modern_with("", true, None)
     }
 
-    fn modern_with(password: &str, tls: bool) -> ClickHouse {
+    fn modern_with(password: &str, tls: bool, netns: Option<&netns::Netns>) -> ClickHouse {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -100,6 +115,7 @@ impl ClickHouse {
             child: None,
             modern: true,
             tls_port: tls.then(free_port),
+            netns: netns.map(|n| n.name.clone()),
         };
         ch.spawn();
         ch
@@ -108,6 +124,16 @@ impl ClickHouse {
     /// Makes the chdb front refuse, as bad data, any insert holding `marker`.
     pub(crate) fn reject_rows_with(&self, marker: &str) {
         std::fs::write(self.dir.join("reject"), marker).unwrap();
+    }
+
+    /// The settings of every insert the modern front received, one line
+    /// each (`k=v k=v`).
+    pub(crate) fn insert_settings(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("insert_settings"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub(crate) fn ca_file(&self) -> PathBuf {
@@ -181,6 +207,10 @@ impl ClickHouse {
             panic!(
                 "no ClickHouse server: install Debian's clickhouse-server (the README's test command does)"
             );
+        };
+        let server = match &self.netns {
+            Some(ns) => format!("ip netns exec {ns} {server}"),
+            None => server,
         };
         // The watchdog stops the server when this test process is gone,
         // even if it panicked or was killed.
@@ -267,7 +297,41 @@ impl ClickHouse {
     }
 
     pub(crate) fn try_query(&self, sql: &str) -> Result<String, String> {
-        http_post(self.http_port, "/", sql.as_bytes(), &self.password())
+        match &self.netns {
+            None => http_post(self.http_port, "/", sql.as_bytes(), &self.password()),
+            Some(ns) => self.query_in(ns, sql),
+        }
+    }
+
+    /// A query from inside the server's network namespace, with curl.
+    fn query_in(&self, ns: &str, sql: &str) -> Result<String, String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "60"])
+            .args(["-H", &format!("X-ClickHouse-Key: {}", self.password())])
+            .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}/", self.http_port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(sql.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        if out.status.success() && code == "200" {
+            Ok(body.to_string())
+        } else {
+            Err(format!(
+                "HTTP {code}: {body}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// The password the server requires ("" for none).
@@ -501,12 +565,24 @@ impl Chtail {
 
     /// With extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub(crate) fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Chtail {
+        Chtail::spawn(Command::new(env!("CARGO_BIN_EXE_chtail")), config, log, env)
+    }
+
+    /// Inside a network namespace (`ip netns exec` becomes chtail: the
+    /// pid is chtail's).
+    pub(crate) fn start_in(ns: &netns::Netns, config: &Path, log: &Path) -> Chtail {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_chtail")]);
+        Chtail::spawn(c, config, log, &[])
+    }
+
+    fn spawn(mut command: Command, config: &Path, log: &Path, env: &[(&str, &str)]) -> Chtail {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_chtail"))
+        let child = command
             .args(["run", "--config"])
             .arg(config)
             .env(
