@@ -25,6 +25,7 @@
 //! drains and ends because its input ended.
 
 mod lines;
+mod park;
 mod paths;
 mod read;
 mod resume;
@@ -245,6 +246,8 @@ pub struct Tailer {
     ghosts: HashMap<FileId, u64>,
     /// New small files not judged yet, by device and inode.
     unsettled: HashMap<(u64, u64), Unsettled>,
+    /// Idle files without their descriptor, by (device, inode) (`park`).
+    parked: HashMap<(u64, u64), park::Parked>,
     /// Rotations written after this time (the first start with this state)
     /// that chtail does not know are read (`resume::find_unseen_rotations`).
     rotations_since: std::time::SystemTime,
@@ -301,6 +304,7 @@ impl Tailer {
             symlinks_noted: HashSet::new(),
             ghosts: HashMap::new(),
             unsettled: HashMap::new(),
+            parked: HashMap::new(),
             rotations_since,
             last_rotation_scan: None,
             _watcher: watcher,
@@ -339,6 +343,7 @@ impl Tailer {
             if let Err(Cancelled) = self.release_finished() {
                 break;
             }
+            self.park_idle();
             if !progress {
                 match self.wake.recv_timeout(self.cfg.poll_interval) {
                     Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -468,6 +473,10 @@ impl Tailer {
                 }
                 continue;
             }
+            if self.is_parked(key) {
+                self.seen_parked(key, &path, meta.len());
+                continue;
+            }
             if let Some(u) = self.unsettled.get_mut(&key) {
                 u.path = path;
                 continue;
@@ -484,6 +493,9 @@ impl Tailer {
                 t.detached = true;
                 t.detached_at = Some(Instant::now());
             }
+        }
+        if complete {
+            self.parked_unseen(&seen);
         }
         if startup {
             self.settle();

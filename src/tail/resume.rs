@@ -33,6 +33,10 @@ impl Tailer {
         if self.files.iter().any(|t| t.identity.same_inode(&identity)) {
             return; // already read through another name
         }
+        if self.is_parked((identity.dev, identity.ino)) {
+            // Idle and closed: handed over again (renamed, written to).
+            return self.unpark((identity.dev, identity.ino), file, path, detached);
+        }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
         let cp = &mut self.registry;
@@ -215,6 +219,7 @@ impl Tailer {
                 if !meta.is_file()
                     || written < since
                     || self.unsettled.contains_key(&key)
+                    || self.is_parked(key)
                     || self
                         .files
                         .iter()

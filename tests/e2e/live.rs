@@ -194,14 +194,7 @@ fn files_born_and_rotated_while_chtail_is_down_are_all_read() {
     let env = Env::new(ch, "live_down", "events.jsonl", DEFAULTS);
     let n = BOT_RATE * 20;
     // Small files: several are born and rotated away during the downtime.
-    let mut writer = Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        1 << 20,
-        BOT_RATE,
-    );
+    let mut writer = Writer::bot(&env, n, 1 << 20);
     let mut chtail = env.start();
     std::thread::sleep(Duration::from_secs(5));
     let mut peak = peak_rss_kib(chtail.pid());
@@ -248,14 +241,7 @@ fn kill_9_during(name: &str, glob: &str, ch: &ClickHouse) {
     let max_rows = 50_000; // the default: what one kill can leave in flight
     let env = Env::new(ch, name, glob, DEFAULTS);
     let n = BOT_RATE * BOT_SECS;
-    let mut writer = Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        2 << 20,
-        BOT_RATE,
-    );
+    let mut writer = Writer::bot(&env, n, 2 << 20);
     let mut kills = 0;
     let mut peak = 0;
     let mut rng = support::XorShift(0x2545f4914f6cdd1d);
@@ -336,14 +322,7 @@ fn a_server_that_stops_answering_while_the_bot_writes_costs_no_memory_and_loses_
     let env = Env::new(&ch, "live_frozen", "events.jsonl", DEFAULTS);
     let n = BOT_RATE * BOT_SECS;
     let mut chtail = env.start();
-    let mut writer = Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        4 << 20,
-        BOT_RATE,
-    );
+    let mut writer = Writer::bot(&env, n, 4 << 20);
     std::thread::sleep(Duration::from_secs(3));
     ch.freeze();
     let frozen = Instant::now();
@@ -389,14 +368,7 @@ fn rotations_read_and_released_during_an_outage_are_not_read_again() {
     );
     let n = BOT_RATE * BOT_SECS;
     let mut chtail = env.start();
-    let mut writer = Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        4 << 20,
-        BOT_RATE,
-    );
+    let mut writer = Writer::bot(&env, n, 4 << 20);
     std::thread::sleep(Duration::from_secs(2));
     ch.stop();
     let down = Instant::now();

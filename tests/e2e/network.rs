@@ -27,19 +27,29 @@ const PEAK_RSS_KIB: u64 = 48 << 10;
 /// Small batches, so that "the batches in flight" is a small number of rows.
 const BATCH_ROWS: u64 = 20_000;
 
+/// Dropped in this order: chtail, the server, the directories, the
+/// namespace, then the lock that keeps the bot-pace tests apart.
 struct Case {
-    ns: Netns,
+    chtail: Chtail,
     ch: ClickHouse,
     env: Env,
-    chtail: Chtail,
+    ns: Netns,
     peak: u64,
+    _one: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Case {
-    /// The namespace, a server and chtail inside it; `None` (and why) if a
-    /// namespace cannot be made here.
-    fn start(tag: &str, modern: bool) -> Option<Case> {
-        let ns = match Netns::new(tag) {
+    /// The namespace, a server and chtail inside it, and the bot writing
+    /// `n` events for two seconds already; `None` (and why) if a namespace
+    /// cannot be made here.
+    fn start(tag: &str, modern: bool, n: u64) -> Option<(Case, Writer)> {
+        let one = one_at_a_time();
+        let tag = if modern {
+            format!("{tag}_m")
+        } else {
+            tag.to_string()
+        };
+        let ns = match Netns::new(&tag) {
             Ok(ns) => ns,
             Err(why) => {
                 println!("SKIPPED: no network namespace with iptables here: {why}");
@@ -68,13 +78,17 @@ impl Case {
         );
         std::fs::write(&env.config, text).unwrap();
         let chtail = Chtail::start_in(&ns, &env.config, &env.tmp.path().join("chtail.log"));
-        Some(Case {
+        let writer = Writer::bot(&env, n, 8 << 20);
+        let mut case = Case {
+            _one: one,
             ns,
             ch,
             env,
             chtail,
             peak: 0,
-        })
+        };
+        case.wait(Duration::from_secs(2));
+        Some((case, writer))
     }
 
     fn port(&self) -> String {
@@ -128,27 +142,14 @@ impl Case {
     }
 }
 
-fn writer(env: &Env, n: u64) -> Writer {
-    Writer::start(
-        &env.log("events.jsonl"),
-        "rotating",
-        0,
-        n,
-        8 << 20,
-        BOT_RATE,
-    )
-}
-
 /// The replies of committed INSERTs dropped for longer than
 /// `request_timeout`: the request goes through, the answer never comes.
 fn lost_replies(modern: bool) {
-    let _one = one_at_a_time();
-    let Some(mut case) = Case::start(if modern { "lr_m" } else { "lr" }, modern) else {
+    let n = BOT_RATE * BOT_SECS;
+    let Some((mut case, w)) = Case::start("lr", modern, n) else {
         return;
     };
-    let n = BOT_RATE * BOT_SECS;
-    let w = writer(&case.env, n);
-    case.wait(Duration::from_secs(4));
+    case.wait(Duration::from_secs(2));
     case.ns
         .drop_packets(&["-p", "tcp", "--sport", &case.port(), "-j", "DROP"]);
     case.wait(Duration::from_secs(12));
@@ -171,13 +172,10 @@ fn lost_replies_modern() {
 
 /// 30 % of packets lost for a minute, the server restarted half-way.
 fn packet_loss_and_a_restart(modern: bool) {
-    let _one = one_at_a_time();
-    let Some(mut case) = Case::start(if modern { "pl_m" } else { "pl" }, modern) else {
+    let n = BOT_RATE * 30;
+    let Some((mut case, w)) = Case::start("pl", modern, n) else {
         return;
     };
-    let n = BOT_RATE * 30;
-    let w = writer(&case.env, n);
-    case.wait(Duration::from_secs(2));
     case.ns.drop_packets(&[
         "-p",
         "tcp",
@@ -211,13 +209,10 @@ fn packet_loss_and_a_server_restart_modern() {
 
 /// Two minutes in which every packet to or from the server is dropped.
 fn partition(modern: bool) {
-    let _one = one_at_a_time();
-    let Some(mut case) = Case::start(if modern { "pt_m" } else { "pt" }, modern) else {
+    let n = BOT_RATE * BOT_SECS;
+    let Some((mut case, w)) = Case::start("pt", modern, n) else {
         return;
     };
-    let n = BOT_RATE * BOT_SECS;
-    let w = writer(&case.env, n);
-    case.wait(Duration::from_secs(2));
     let port = case.port();
     case.ns
         .drop_packets(&["-p", "tcp", "--sport", &port, "-j", "DROP"]);

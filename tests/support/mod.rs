@@ -757,6 +757,19 @@ impl Writer {
         Writer { child }
     }
 
+    /// The bot at its pace: `n` events through a `RotatingFileHandler`
+    /// on the env's `events.jsonl`, rolling over at `max_bytes`.
+    pub(crate) fn bot(env: &Env, n: u64, max_bytes: u64) -> Writer {
+        Writer::start(
+            &env.log("events.jsonl"),
+            "rotating",
+            0,
+            n,
+            max_bytes,
+            BOT_RATE,
+        )
+    }
+
     pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
