@@ -474,7 +474,7 @@ impl Tailer {
                 continue;
             }
             if self.is_parked(key) {
-                self.seen_parked(key, &path, meta.len());
+                self.seen_parked(key, &path, meta.len(), None);
                 continue;
             }
             if let Some(u) = self.unsettled.get_mut(&key) {
@@ -517,6 +517,9 @@ impl Tailer {
             return;
         };
         let key = (meta.dev(), meta.ino());
+        if self.is_parked(key) {
+            return self.seen_parked(key, &path, meta.len(), Some(file));
+        }
         if self.unsettled.contains_key(&key)
             || self
                 .files

@@ -70,9 +70,17 @@ impl Tailer {
         }
     }
 
-    /// A listing found parked file `key` at `path`, `size` bytes long:
-    /// follows a rename, and reopens it if its size changed.
-    pub(super) fn seen_parked(&mut self, key: (u64, u64), path: &Path, size: u64) {
+    /// Parked file `key` was found at `path`, `size` bytes long, by a
+    /// listing or handed over by the watcher (`file`): follows a rename,
+    /// and tracks it again only if its size changed. A rename alone (a
+    /// rollover renames every rotated file) keeps it closed.
+    pub(super) fn seen_parked(
+        &mut self,
+        key: (u64, u64),
+        path: &Path,
+        size: u64,
+        file: Option<File>,
+    ) {
         let Some(p) = self.parked.get_mut(&key) else {
             return;
         };
@@ -84,6 +92,9 @@ impl Tailer {
         }
         if size == p.offset {
             return;
+        }
+        if let Some(file) = file {
+            return self.unpark(key, file, path, false);
         }
         match File::open(path) {
             Ok(file) => self.unpark(key, file, path, false),

@@ -34,8 +34,9 @@ impl Tailer {
             return; // already read through another name
         }
         if self.is_parked((identity.dev, identity.ino)) {
-            // Idle and closed: handed over again (renamed, written to).
-            return self.unpark((identity.dev, identity.ino), file, path, detached);
+            // Idle and closed, handed over again: reopened if it changed.
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            return self.seen_parked((identity.dev, identity.ino), path, size, Some(file));
         }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let tracked: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();

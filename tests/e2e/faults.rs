@@ -413,8 +413,9 @@ fn two_thousand_rotated_files_cost_neither_memory_nor_lines() {
     });
     let parked = descriptors(pid);
 
-    // Old files written to again, one of them moved out of the glob.
-    let more = 1_000_000;
+    // Old files written to again, one of them moved out of the glob (six
+    // digits: the seq is read back from six digits of `ts`).
+    let more = 900_000;
     support::append(&env.log("events.jsonl.7"), more, more + 100);
     support::append(&env.log("events.jsonl.1234"), more + 100, more + 200);
     support::append(&env.log("events.jsonl.42"), more + 200, more + 300);
@@ -453,15 +454,29 @@ fn two_thousand_rotated_files_cost_neither_memory_nor_lines() {
     );
 }
 
-fn set_nofile(pid: u32, limit: u32) -> bool {
+/// Sets the soft limit on open files of `pid`, within its hard limit
+/// (raising a hard limit needs CAP_SYS_RESOURCE, which a container may not
+/// give even to root).
+fn set_nofile(pid: u32, soft: u64) -> bool {
+    let hard = nofile_hard(pid);
     Command::new("prlimit")
         .args([
             "--pid",
             &pid.to_string(),
-            &format!("--nofile={limit}:{limit}"),
+            &format!("--nofile={}:", soft.min(hard)),
         ])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+fn nofile_hard(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/limits: {e}"))
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("no open-files limit for {pid}"))
 }
 
 fn descriptors(pid: u32) -> usize {
@@ -526,7 +541,7 @@ fn running_out_of_descriptors_is_an_error_never_a_file_gone() {
         "a file chtail could not open or list was taken for gone:\n{starved_logs}"
     );
     drop(held);
-    assert!(set_nofile(pid, 65_536));
+    assert!(set_nofile(pid, 65_536), "cannot raise the limit again");
     let (distinct, dups) = support::finish(ch, &env.table(), n, &mut chtail, SHORT);
     println!(
         "descriptors limited to 40 ({baseline} in use at the start, at most {most} while {files} files \

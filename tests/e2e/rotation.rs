@@ -3,6 +3,8 @@
 //! bot's pace are in `live.rs`. The rows in ClickHouse are the judge:
 //! nothing lost, nothing twice.
 
+use std::time::Duration;
+
 use crate::support::{self, ClickHouse, Env, SHORT, shared};
 
 fn settle(ch: &ClickHouse, table: &str, n: u64) -> (u64, u64) {
@@ -120,5 +122,36 @@ fn a_deleted_file_is_read_to_its_end_and_its_descriptor_released() {
         deleted_files_held(chtail.pid()).is_empty()
     });
     assert!(chtail.logs().contains("released it"), "{}", chtail.logs());
+    assert!(chtail.terminate(SHORT).success());
+}
+
+// More files than stay open: idle ones are closed (tail/park.rs), and one
+// that grows, or moves out of the glob after growing, is reopened by
+// identity and read.
+#[test]
+fn closed_idle_files_that_grow_or_move_are_read() {
+    let ch = shared();
+    let env = Env::new(ch, "parked", "events.jsonl*", "");
+    let files = 200;
+    for f in 0..files {
+        support::append(
+            &env.log(&format!("events.jsonl.{}", f + 1)),
+            f * 10,
+            f * 10 + 10,
+        );
+    }
+    let mut chtail = env.start();
+    support::expect_rows(ch, &env.table(), files * 10);
+    let pid = chtail.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    support::wait_until(Duration::from_secs(90), "idle files closed", || fds() < 180);
+    support::append(&env.log("events.jsonl.7"), 5_000, 5_010);
+    support::append(&env.log("events.jsonl.42"), 5_010, 5_020);
+    std::fs::rename(env.log("events.jsonl.42"), env.log("moved.log")).unwrap();
+    support::expect_rows(ch, &env.table(), files * 10 + 20);
     assert!(chtail.terminate(SHORT).success());
 }
