@@ -183,8 +183,11 @@ pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::Rec
         };
         let opened = match (&ev.kind, ev.paths.as_slice()) {
             (EventKind::Create(_), [path]) if matching(path) => Some(path),
+            // Renamed out of the globs: the listing will not find it. A
+            // rename within them (a rollover renames every rotated file)
+            // is the listing's to follow.
             (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), [from, to])
-                if matching(from) =>
+                if matching(from) && !matching(to) =>
             {
                 Some(to)
             }

