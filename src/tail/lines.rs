@@ -10,7 +10,7 @@
 
 /// One unit of output, with the file offsets it covers.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Piece<'a> {
+pub enum Piece<'a> {
     /// A complete line, without its `\n`. `start` is the offset of its first
     /// byte, and the line ends at `start + line.len() + 1`.
     Line { start: u64, line: &'a [u8] },
@@ -24,8 +24,16 @@ pub(crate) enum Piece<'a> {
 }
 
 impl Piece<'_> {
+    /// A complete line's bytes; `None` for an over-long one.
+    pub fn line(&self) -> Option<&[u8]> {
+        match self {
+            Piece::Line { line, .. } => Some(line),
+            Piece::TooLong { .. } => None,
+        }
+    }
+
     /// The offset just past this piece's newline.
-    pub(crate) fn end(&self) -> u64 {
+    pub fn end(&self) -> u64 {
         match self {
             Piece::Line { start, line } => start + line.len() as u64 + 1,
             Piece::TooLong { start, len, .. } => start + len,
@@ -37,7 +45,7 @@ impl Piece<'_> {
 pub(super) const TOO_LONG_HEAD: usize = 4096;
 
 #[derive(Debug)]
-pub(crate) struct LineSplitter {
+pub struct LineSplitter {
     /// Bytes fed and not yet dropped; `buf[consumed..]` is not handed out yet.
     buf: Vec<u8>,
     consumed: usize,
@@ -60,7 +68,7 @@ struct Skip {
 
 impl LineSplitter {
     /// A splitter whose first byte is at file offset `offset`.
-    pub(crate) fn new(offset: u64, max_line: usize) -> Self {
+    pub fn new(offset: u64, max_line: usize) -> Self {
         LineSplitter {
             buf: Vec::new(),
             consumed: 0,
@@ -107,7 +115,7 @@ impl LineSplitter {
     }
 
     /// Appends bytes that were read at `fed_offset()`.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
         if self.consumed > 0 {
             self.buf.drain(..self.consumed);
             self.base += self.consumed as u64;
@@ -132,7 +140,7 @@ impl LineSplitter {
     }
 
     /// The next complete line or over-long line, if one is complete.
-    pub(crate) fn next_piece(&mut self) -> Option<Piece<'_>> {
+    pub fn next_piece(&mut self) -> Option<Piece<'_>> {
         if let Some(skip) = &self.skip {
             if !skip.done {
                 return None;

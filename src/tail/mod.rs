@@ -47,8 +47,9 @@ use crate::parse::{self, LineMeta};
 use crate::quarantine::Quarantine;
 use crate::queue::{Cancelled, Queue};
 use crate::stats::Stats;
-use lines::LineSplitter;
 pub(crate) use lines::LineSplitter as Splitter;
+// Public for the per-line micro-benchmark (`benches/line_path.rs`).
+pub use lines::{LineSplitter, Piece};
 pub(crate) use paths::literal_dir;
 pub use paths::{
     file_names, has_compressed_magic, is_compressed_name, line_body, rotations_of_pattern,
