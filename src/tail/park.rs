@@ -37,10 +37,17 @@ pub(super) struct Parked {
 impl Tailer {
     /// Parks idle files while more than [`PARK_ABOVE`] are open.
     pub(super) fn park_idle(&mut self) {
+        if self.files.len() <= PARK_ABOVE {
+            return;
+        }
+        // Originals a copy waits on stay open (collected once: the loop
+        // below runs over every open file).
+        let waited_on: std::collections::HashSet<FileId> =
+            self.files.iter().filter_map(|t| t.waiting_for).collect();
         let mut i = 0;
         while self.files.len() > PARK_ABOVE && i < self.files.len() {
             let t = &self.files[i];
-            let waited_on = self.files.iter().any(|o| o.waiting_for == Some(t.id));
+            let waited_on = waited_on.contains(&t.id);
             let park = !t.detached
                 && !t.compressed
                 && t.waiting_for.is_none()
