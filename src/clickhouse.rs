@@ -523,16 +523,48 @@ impl Server {
         self.text(&sql, settings).await.map(|_| ())
     }
 
-    /// Sends one INSERT of pre-encoded RowBinary `parts`. Only `Ok` means the
-    /// rows are committed; the request is bounded by the configured timeouts
-    /// rather than dropped half-way by the caller.
+    /// Sends one INSERT of pre-encoded RowBinary `parts` (`sql` says
+    /// `FORMAT RowBinary`), as Native blocks when `native` is given. Only
+    /// `Ok` means the rows are committed; the request is bounded by the
+    /// configured timeouts rather than dropped half-way by the caller.
     pub(crate) async fn insert(
         &self,
         sql: &str,
-        parts: Vec<bytes::Bytes>,
+        native: Option<&Native>,
+        parts: &[bytes::Bytes],
         token: Option<&str>,
         version: Version,
     ) -> Result<(), Failure> {
+        if let Some(native) = native {
+            let mut blocks = native.layout.blocks(parts);
+            let sent = self
+                .insert_body(&native.sql, token, version, || blocks.next())
+                .await;
+            match sent {
+                Ok(result) => return result,
+                // Never seen: the rows and the layout come from one schema.
+                // The request was dropped before its end, so the server
+                // commits none of it; the rows go as RowBinary instead.
+                Err(malformed) => tracing::error!(
+                    "sending a batch as RowBinary instead of Native (please report this): {malformed}"
+                ),
+            }
+        }
+        let mut parts = parts.iter().cloned();
+        let sent = self
+            .insert_body(sql, token, version, || parts.next().map(Ok))
+            .await;
+        sent.unwrap_or_else(|m| unreachable!("RowBinary parts are sent as they are: {m}"))
+    }
+
+    /// One INSERT of the body `next` yields, piece by piece.
+    async fn insert_body(
+        &self,
+        sql: &str,
+        token: Option<&str>,
+        version: Version,
+        mut next: impl FnMut() -> Option<Result<bytes::Bytes, crate::native::Malformed>>,
+    ) -> Result<Result<(), Failure>, crate::native::Malformed> {
         let mut insert = self.client().insert_formatted_with(sql).with_timeouts(
             Some(self.cfg.request_timeout),
             Some(self.cfg.request_timeout),
@@ -546,17 +578,25 @@ impl Server {
         if version.has_async_insert() {
             insert = insert.with_setting("async_insert", "0");
         }
-        let result = async {
-            for part in parts {
-                if !part.is_empty() {
-                    insert.send(part).await?;
-                }
+        while let Some(piece) = next() {
+            let piece = piece?;
+            if piece.is_empty() {
+                continue;
             }
-            insert.end().await
+            if let Err(e) = insert.send(piece).await {
+                return Ok(Err(classify(&e)));
+            }
         }
-        .await;
-        result.map_err(|e| classify(&e))
+        Ok(insert.end().await.map_err(|e| classify(&e)))
     }
+}
+
+/// A table's rows as Native blocks: the layout and its `INSERT … FORMAT
+/// Native`.
+#[derive(Debug)]
+pub(crate) struct Native {
+    pub layout: crate::native::Layout,
+    pub sql: String,
 }
 
 /// `url` with any `user:password@` in it masked, for logs and reports.

@@ -231,6 +231,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     let mut inserter = Inserter {
         server: server.clone(),
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
+        natives: plan.tables.iter().map(|t| t.native.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
         version,
         ledger,

@@ -69,7 +69,10 @@ pub(crate) async fn run(
             rows.saturating_sub(last_rows),
             env!("CARGO_PKG_VERSION"),
         );
-        match server.insert(&sql, vec![row.into()], None, version).await {
+        match server
+            .insert(&sql, None, &[row.into()], None, version)
+            .await
+        {
             Ok(()) => last_rows = rows,
             Err(f) => tracing::warn!(table = %cfg.table, "heartbeat not written: {}", f.message),
         }

@@ -29,7 +29,7 @@ use twox_hash::XxHash64;
 
 use crate::batch::{self, Batch};
 use crate::checkpoint::{self, ChunkRange, Ledger, Manifest, StateHealth};
-use crate::clickhouse::{Backoff, Class, Failure, Server};
+use crate::clickhouse::{Backoff, Class, Failure, Native, Server};
 use crate::liveness::Liveness;
 use crate::parse::Reject;
 use crate::quarantine::Quarantine;
@@ -37,8 +37,10 @@ use crate::stats::Stats;
 
 pub(crate) struct Inserter {
     pub server: Server,
-    /// The INSERT statement of each table, by route.
+    /// The INSERT statement of each table (RowBinary), by route.
     pub sqls: Vec<String>,
+    /// Each table's Native layout, by route, where it has one.
+    pub natives: Vec<Option<Arc<Native>>>,
     /// Send `insert_deduplication_token` (the server knows the setting).
     pub dedup_tokens: bool,
     /// The server's version: which settings it knows.
@@ -304,13 +306,14 @@ impl Inserter {
                 return Err(SendError::GaveUp);
             }
             let sql = &self.sqls[usize::from(route)];
+            let native = self.natives[usize::from(route)].as_deref();
             if backoff.attempts() > 0 {
                 self.stats.insert_retries.fetch_add(1, Ordering::Relaxed);
             }
             self.liveness.insert_started.now();
             let result = self
                 .server
-                .insert(sql, parts.clone(), token, self.version)
+                .insert(sql, native, &parts, token, self.version)
                 .await;
             self.liveness.insert_started.clear();
             self.liveness.set_reachable(match &result {

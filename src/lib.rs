@@ -55,6 +55,7 @@ pub mod checkpoint;
 mod clickhouse;
 pub mod identity;
 mod insert;
+pub mod native;
 pub mod parse;
 pub mod quarantine;
 pub mod queue;

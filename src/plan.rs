@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::clickhouse::{Class, Failure, Server, Version, schema_of};
+use crate::clickhouse::{Class, Failure, Native, Server, Version, schema_of};
 use crate::config::Config;
 use crate::parse::{Encoder, Schema};
 use crate::tail::SourceRoute;
@@ -14,6 +14,8 @@ pub(crate) struct Table {
     pub name: String,
     pub schema: Arc<Schema>,
     pub sql: String,
+    /// How the rows go as Native blocks; `None`: as RowBinary (`sql`).
+    pub native: Option<Arc<Native>>,
 }
 
 pub(crate) struct Plan {
@@ -113,11 +115,18 @@ pub(crate) async fn prepare(
                         missing.join(", ")
                     ));
                 }
-                let sql = schema.insert_sql(&ch.database, name);
+                let native = crate::native::Layout::new(&schema).map(|layout| {
+                    Arc::new(Native {
+                        layout,
+                        sql: schema.insert_sql(&ch.database, name, true),
+                    })
+                });
+                let sql = schema.insert_sql(&ch.database, name, false);
                 tables.push(Table {
                     name: name.to_string(),
                     schema: Arc::new(schema),
                     sql,
+                    native,
                 });
             }
             Err(bad) => problems.extend(bad.iter().map(|u| format!("table {full}: {u}"))),

@@ -841,7 +841,7 @@ mod tests {
         let schema = Schema::new(&defs, &TimeZone::UTC, true).unwrap();
         assert!(
             schema
-                .insert_sql("db", "t")
+                .insert_sql("db", "t", false)
                 .ends_with("FORMAT RowBinaryWithDefaults")
         );
         let e = Encoder::plain(Arc::new(schema));
@@ -849,7 +849,10 @@ mod tests {
         assert_eq!(row(&e, r#"{"a":5,"c":null}"#).unwrap(), vec![0, 5, 1, 0, 1]);
         // An old server: plain RowBinary, and the column is reported.
         let old = Schema::new(&defs, &TimeZone::UTC, false).unwrap();
-        assert!(old.insert_sql("db", "t").ends_with("FORMAT RowBinary"));
+        assert!(
+            old.insert_sql("db", "t", false)
+                .ends_with("FORMAT RowBinary")
+        );
         assert_eq!(old.defaults_not_applied(), vec!["b"]);
     }
 

@@ -117,15 +117,18 @@ impl Schema {
             .collect()
     }
 
-    /// `INSERT INTO db.table (a, b, ...) FORMAT RowBinary`.
-    pub fn insert_sql(&self, database: &str, table: &str) -> String {
+    /// `INSERT INTO db.table (a, b, ...) FORMAT RowBinary`, or `FORMAT
+    /// Native` when the rows are sent as Native blocks.
+    pub fn insert_sql(&self, database: &str, table: &str, native: bool) -> String {
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
         format!(
             "INSERT INTO {}.{} ({}) FORMAT {}",
             quote_ident(database),
             quote_ident(table),
             cols.join(", "),
-            if self.with_defaults {
+            if native {
+                "Native"
+            } else if self.with_defaults {
                 "RowBinaryWithDefaults"
             } else {
                 "RowBinary"

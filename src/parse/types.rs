@@ -399,25 +399,40 @@ fn encode_key(ty: &ColumnType, key: &str, out: &mut Vec<u8>) -> Result<(), Strin
     encode(ty, Some(as_json), out).map_err(|e| format!("key {key:?}: {e}"))
 }
 
+impl ColumnType {
+    /// The size of every value of a fixed-size type, the same in RowBinary
+    /// and in the Native format; `None` for variable-size types.
+    pub fn fixed_width(&self) -> Option<usize> {
+        Some(match self {
+            ColumnType::FixedString(n) => *n,
+            ColumnType::Int { bits, .. } => usize::from(*bits / 8),
+            ColumnType::Float32
+            | ColumnType::Date32
+            | ColumnType::DateTime(_)
+            | ColumnType::Ipv4 => 4,
+            ColumnType::Float64 | ColumnType::DateTime64 { .. } => 8,
+            ColumnType::Bool => 1,
+            ColumnType::Date => 2,
+            ColumnType::Decimal { precision, .. } => decimal_bytes(*precision),
+            ColumnType::Uuid | ColumnType::Ipv6 => 16,
+            ColumnType::Enum { bits, .. } => usize::from(*bits / 8),
+            ColumnType::String
+            | ColumnType::Nullable(_)
+            | ColumnType::Array(_)
+            | ColumnType::Map(..) => return None,
+        })
+    }
+}
+
 /// The type's default value, as ClickHouse fills a missing column.
 pub fn write_default(ty: &ColumnType, out: &mut Vec<u8>) {
-    let zeros = |out: &mut Vec<u8>, n: usize| out.resize(out.len() + n, 0);
     match ty {
         ColumnType::Nullable(_) => out.push(1),
         ColumnType::String | ColumnType::Array(_) | ColumnType::Map(..) => out.push(0),
-        ColumnType::FixedString(n) => zeros(out, *n),
-        ColumnType::Int { bits, .. } => zeros(out, usize::from(*bits / 8)),
-        ColumnType::Float32 | ColumnType::Date32 | ColumnType::DateTime(_) | ColumnType::Ipv4 => {
-            zeros(out, 4)
-        }
-        ColumnType::Float64 | ColumnType::DateTime64 { .. } => zeros(out, 8),
-        ColumnType::Bool => zeros(out, 1),
-        ColumnType::Date => zeros(out, 2),
-        ColumnType::Decimal { precision, .. } => zeros(out, decimal_bytes(*precision)),
-        ColumnType::Uuid | ColumnType::Ipv6 => zeros(out, 16),
         ColumnType::Enum { bits, values, .. } => {
             out.extend_from_slice(&values[0].to_le_bytes()[..usize::from(*bits / 8)])
         }
+        fixed => out.resize(out.len() + fixed.fixed_width().unwrap_or(0), 0),
     }
 }
 

@@ -5,7 +5,7 @@ It speaks the part of ClickHouse's HTTP interface that chtail uses:
   body follows the query);
 - `default_format` and `database` parameters; every other parameter that is
   not a known HTTP option is a query setting;
-- `INSERT ... FORMAT RowBinary` (or RowBinaryWithDefaults) with the rows in the body, chunked or not,
+- `INSERT ... FORMAT RowBinary` (or RowBinaryWithDefaults, or Native) with the rows in the body, chunked or not,
   LZ4-compressed in ClickHouse's block format when `decompress=1`;
 - credentials in `X-ClickHouse-User`/`X-ClickHouse-Key` or `user`/`password`;
 - errors as HTTP 4xx/5xx with `Code: N. DB::Exception: ...` in the body and
@@ -43,7 +43,7 @@ HTTP_OPTIONS = {
     "password", "query_id", "session_id", "wait_end_of_query", "role",
 }
 INSERT_ROWBINARY = re.compile(
-    r"^\s*INSERT\s+INTO\s+(\S+)\s*\((.*?)\)\s*FORMAT\s+(RowBinary|RowBinaryWithDefaults)\s*$",
+    r"^\s*INSERT\s+INTO\s+(\S+)\s*\((.*?)\)\s*FORMAT\s+(RowBinary|RowBinaryWithDefaults|Native)\s*$",
     re.S | re.I,
 )
 
@@ -222,6 +222,12 @@ class Handler(BaseHTTPRequestHandler):
                 run(
                     f"INSERT INTO {table} ({col_list}) FROM INFILE '{path}'"
                     f"{clause} FORMAT RowBinaryWithDefaults"
+                )
+            elif fmt.lower() == "native":
+                # Native blocks name their columns and types themselves.
+                run(
+                    f"INSERT INTO {table} ({col_list}){clause} "
+                    f"SELECT {col_list} FROM file('{path}', 'Native')"
                 )
             else:
                 run(

@@ -244,6 +244,23 @@ impl ClickHouse {
         );
     }
 
+    /// The server process's pid (the chdb front's Python process for the
+    /// modern engine). For `benches/compare.rs`.
+    #[allow(dead_code)]
+    pub(crate) fn server_pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the server's pid")
+    }
+
+    /// The native protocol's port (`clickhouse-client`); 0 for the chdb front.
+    /// For `benches/compare.rs`.
+    #[allow(dead_code)]
+    pub(crate) fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
     /// Stops the server (its data stays); `resume` starts it again.
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -799,6 +816,26 @@ pub(crate) fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// The peak resident memory of a running process so far (VmHWM), in KiB.
 /// Panics if it cannot be read: a test that cannot observe must not pass.
+/// User + system CPU seconds of a running process. For the benchmarks.
+#[allow(dead_code)]
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    (f[11] + f[12]) as f64 / ticks
+}
+
 pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
