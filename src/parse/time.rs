@@ -293,6 +293,67 @@ pub fn instant(text: &str, quoted: bool, tz: &TimeZone) -> Result<Instant, Strin
     })
 }
 
+/// The event time of `text` (an unescaped JSON string) in Unix
+/// milliseconds, for the delay histogram; a wall-clock time without offset
+/// is taken as UTC.
+///
+/// A bot writes many events a second, so the instant of the whole second
+/// (`YYYY-MM-DDTHH:MM:SS` and the offset after the fraction) is kept from
+/// the line before: only the fraction is read when they are the same.
+pub fn event_ms(text: &str) -> Option<i64> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, i64)> = const {
+            std::cell::RefCell::new((String::new(), 0))
+        };
+    }
+    let b = text.as_bytes();
+    // The fraction's milliseconds and where the offset starts, if the
+    // fraction follows a `.` at 19.
+    let fraction = || {
+        if b.get(19) != Some(&b'.') {
+            return (0, 19);
+        }
+        let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let ms = b[20..20 + digits.min(3)]
+            .iter()
+            .chain(std::iter::repeat(&b'0'))
+            .take(3)
+            .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+        (ms, 20 + digits)
+    };
+    // The second kept is of a text of this shape, so one that starts the
+    // same has it too.
+    let hit = LAST.with_borrow(|(key, secs)| {
+        if key.len() < 19 || b.len() < 19 || key.as_bytes()[..19] != b[..19] {
+            return None;
+        }
+        let (ms, tail) = fraction();
+        (key.as_bytes()[19..] == b[tail..]).then_some(secs.saturating_mul(1000) + ms)
+    });
+    if hit.is_some() {
+        return hit;
+    }
+    let t = instant(text, true, &TimeZone::UTC).ok()?;
+    let shape = b.len() >= 19
+        && b.get(19) != Some(&b',')
+        && b.iter().take(19).enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => matches!(c, b'T' | b't' | b' '),
+            13 | 16 => c == b':',
+            _ => c.is_ascii_digit(),
+        });
+    if shape {
+        let (_, tail) = fraction();
+        LAST.with_borrow_mut(|(key, secs)| {
+            key.clear();
+            key.push_str(&text[..19]);
+            key.push_str(&text[tail..]);
+            *secs = t.secs;
+        });
+    }
+    Some(t.secs.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+}
+
 /// `2026-11-22T10:00:00.123456Z`, for the ingest-time metadata column.
 pub fn format_utc(i: Instant) -> String {
     let days = i.secs.div_euclid(86_400);
@@ -321,6 +382,33 @@ pub fn now() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept second gives what a full reading gives, line after line.
+    #[test]
+    fn event_times_reuse_the_second_only_when_it_is_the_same() {
+        let full = |t: &str| {
+            let i = instant(t, true, &TimeZone::UTC).unwrap();
+            i.secs * 1000 + i64::from(i.nanos / 1_000_000)
+        };
+        for t in [
+            "2026-11-22T10:00:00.123456+00:00",
+            "2026-11-22T10:00:00.9+00:00",
+            "2026-11-22T10:00:00.9+02:00",
+            "2026-11-22T10:00:00+02:00",
+            "2026-11-22T10:00:00Z",
+            "2026-11-22T10:00:00.5Z",
+            "2026-11-22 10:00:00.05",
+            "2026-11-22T10:00:01.000001Z",
+            "2026-11-22T10:00:01,25Z",
+            "2026-11-22",
+            "1700000000",
+            "2026-11-22T10:00:01.25Z",
+        ] {
+            assert_eq!(event_ms(t), Some(full(t)), "{t}");
+        }
+        assert_eq!(event_ms("2026-13-22T10:00:00.1Z"), None);
+        assert_eq!(event_ms("not a time"), None);
+    }
 
     fn utc(s: &str) -> Option<Instant> {
         parse_iso(s)?.instant(&TimeZone::UTC)
