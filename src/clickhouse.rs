@@ -243,6 +243,10 @@ impl Server {
         let mut connector = HttpConnector::new();
         connector.set_keepalive(Some(Duration::from_secs(60)));
         connector.set_connect_timeout(Some(cfg.connect_timeout));
+        // The end of an INSERT body is a few bytes behind a large write;
+        // with Nagle's algorithm it waited for the server's delayed ACK,
+        // 40 ms an INSERT (measured: 30 ms inserts took 70).
+        connector.set_nodelay(true);
         connector.enforce_http(false);
         // https:// URLs use rustls with the Mozilla roots plus `ca_file`;
         // http:// URLs pass through untouched. The CA file was checked when
