@@ -63,7 +63,7 @@ fn main() {
     }
     let schema = Schema::plain(&default_table_columns()).expect("the default table");
     let encoder = Encoder::plain(Arc::new(schema)).with_time_key(Some("ts".into()));
-    let read_size = 256 << 10; // tail.read_buffer_bytes' default
+    let read_size = 64 << 10; // tail.read_buffer_bytes' default
     let mut best: Option<(f64, u64)> = None;
     for round in 1..=rounds {
         let mut splitter = LineSplitter::new(0, 1 << 20);

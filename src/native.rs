@@ -144,7 +144,7 @@ enum Builder {
     LowCardinality {
         /// Value → index; index 0 is the empty string, as the server's own
         /// dictionaries have it.
-        index: HashMap<Vec<u8>, u32, foldhash::fast::FixedState>,
+        index: Dictionary,
         /// The dictionary's values in index order, each a varint and bytes.
         keys: Vec<u8>,
         rows: Vec<u32>,
@@ -156,7 +156,7 @@ impl Builder {
         match wire {
             Wire::LowCardinality => {
                 let mut b = Builder::LowCardinality {
-                    index: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+                    index: Dictionary::default(),
                     keys: Vec::new(),
                     rows: Vec::new(),
                 };
@@ -182,10 +182,59 @@ impl Builder {
                 index.clear();
                 keys.clear();
                 rows.clear();
-                index.insert(Vec::new(), 0);
                 keys.push(0);
             }
         }
+    }
+}
+
+/// A LowCardinality column's values in the order they first appeared.
+#[derive(Default)]
+struct Dictionary {
+    values: Vec<Vec<u8>>,
+    /// Value → index, once there are more than [`Dictionary::SMALL`]: a few
+    /// values are found faster by comparing them all.
+    by_value: HashMap<Vec<u8>, u32, foldhash::fast::FixedState>,
+}
+
+impl Dictionary {
+    const SMALL: usize = 16;
+
+    /// Empty but for the empty string, at 0.
+    fn clear(&mut self) {
+        self.values.clear();
+        self.by_value.clear();
+        self.values.push(Vec::new());
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The index of `v`, and whether it was new.
+    fn index_of(&mut self, v: &[u8]) -> Result<(u32, bool), Malformed> {
+        let found = if self.values.len() <= Self::SMALL {
+            self.values.iter().position(|x| x == v)
+        } else {
+            self.by_value.get(v).map(|&i| i as usize)
+        };
+        if let Some(i) = found {
+            return Ok((u32::try_from(i).unwrap_or(u32::MAX), false));
+        }
+        let i = u32::try_from(self.values.len())
+            .map_err(|_| Malformed("dictionary too large".into()))?;
+        self.values.push(v.to_vec());
+        if self.values.len() > Self::SMALL {
+            if self.by_value.is_empty() {
+                for (j, x) in self.values.iter().enumerate() {
+                    self.by_value
+                        .insert(x.clone(), u32::try_from(j).unwrap_or(u32::MAX));
+                }
+            } else {
+                self.by_value.insert(v.to_vec(), i);
+            }
+        }
+        Ok((i, true))
     }
 }
 
@@ -259,16 +308,10 @@ impl Blocks<'_> {
                     let all = value(None, rest).ok_or_else(|| short(&col.name))?;
                     let (_, w) = varint(all).ok_or_else(|| short(&col.name))?;
                     let v = &all[w..];
-                    let i = match index.get(v) {
-                        Some(&i) => i,
-                        None => {
-                            let i = u32::try_from(index.len())
-                                .map_err(|_| Malformed("dictionary too large".into()))?;
-                            index.insert(v.to_vec(), i);
-                            keys.extend_from_slice(all);
-                            i
-                        }
-                    };
+                    let (i, new) = index.index_of(v)?;
+                    if new {
+                        keys.extend_from_slice(all);
+                    }
                     rows.push(i);
                     at += all.len();
                 }
@@ -509,6 +552,52 @@ mod tests {
         let l = Layout::new(&schema(&[("v", "UInt8")])).unwrap();
         let tiny = [Bytes::from(vec![7u8; MAX_BLOCK_ROWS + 1])];
         assert_eq!(l.blocks(&tiny).count(), 2);
+    }
+
+    /// Many values: the dictionary switches to hashing and the indexes to
+    /// two bytes, and every row still names its own value.
+    #[test]
+    fn large_dictionaries() {
+        let l = Layout::new(&schema(&[("e", "LowCardinality(String)")])).unwrap();
+        let values: Vec<String> = (0..300).map(|i| format!("v{}", i % 300)).collect();
+        let mut rows = Vec::new();
+        for v in values.iter().chain(values.iter().rev()) {
+            rb_str(&mut rows, v);
+        }
+        let blocks: Vec<Bytes> = l.blocks(&[Bytes::from(rows)]).map(Result::unwrap).collect();
+        assert_eq!(blocks.len(), 1);
+        let b = &blocks[0][..];
+        let head = 2 + 2 + 1 + "LowCardinality(String)".len() + 1;
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        assert_eq!(u64_at(head), 1);
+        assert_eq!(u64_at(head + 8), 1 | 1 << 9 | 1 << 10, "UInt16 indexes");
+        assert_eq!(u64_at(head + 16), 301, "300 values and the empty one");
+        let mut at = head + 24;
+        let mut keys = Vec::new();
+        for _ in 0..301 {
+            let n = usize::from(b[at]);
+            keys.push(
+                std::str::from_utf8(&b[at + 1..at + 1 + n])
+                    .unwrap()
+                    .to_string(),
+            );
+            at += 1 + n;
+        }
+        assert_eq!(u64_at(at), 600);
+        at += 8;
+        let got: Vec<&str> = (0..600)
+            .map(|r| {
+                let i = u16::from_le_bytes([b[at + 2 * r], b[at + 2 * r + 1]]);
+                keys[usize::from(i)].as_str()
+            })
+            .collect();
+        let want: Vec<&str> = values
+            .iter()
+            .chain(values.iter().rev())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(at + 1200, b.len());
     }
 
     #[test]
