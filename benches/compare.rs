@@ -134,6 +134,8 @@ struct Bench {
     rowbinary: PathBuf,
     /// `CREATE TABLE {table} …` as chtail creates it.
     ddl: String,
+    /// Its columns, `a, b, …`, as an INSERT names them.
+    columns: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -175,8 +177,9 @@ impl Bench {
                 .args(["-sS", "--fail", "-H", "Expect:", "-X", "POST", "-T"])
                 .arg(file)
                 .arg(format!(
-                    "{}/?input_format_skip_unknown_fields=1&query=INSERT%20INTO%20{table}%20FORMAT%20{format}",
-                    self.ch.url()
+                    "{}/?input_format_skip_unknown_fields=1&query=INSERT%20INTO%20{table}%20({})%20FORMAT%20{format}",
+                    self.ch.url(),
+                    self.columns.replace(' ', "%20")
                 ))
                 .stdout(Stdio::null())
                 .spawn()
@@ -187,7 +190,10 @@ impl Bench {
                 .arg(self.ch.tcp_port().to_string())
                 .arg("--input_format_skip_unknown_fields=1")
                 .arg("--query")
-                .arg(format!("INSERT INTO {table} FORMAT {format}"))
+                .arg(format!(
+                    "INSERT INTO {table} ({}) FORMAT {format}",
+                    self.columns
+                ))
                 .stdin(File::open(file).expect("the input file"))
                 .spawn()
                 .expect("clickhouse-client")
@@ -300,6 +306,13 @@ fn prepare(ch: ClickHouse, n: u64) -> Bench {
         .replace("\\n", "\n")
         .replace("\\'", "'")
         .replace(&env.table(), "{table}");
+    let columns = ch
+        .query(&format!("DESCRIBE TABLE {}", env.table()))
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
     // The rows as the server itself writes them in RowBinary.
     let source = env.table();
     let rowbinary = tmp.path().join("rows.bin");
@@ -339,6 +352,7 @@ fn prepare(ch: ClickHouse, n: u64) -> Bench {
         json,
         rowbinary,
         ddl,
+        columns,
         _tmp: tmp,
     }
 }
