@@ -25,6 +25,13 @@ doc=$stage/usr/share/doc/chtail
 install -D -m 0644 README.md "$doc/README.md"
 install -D -m 0644 config.example.toml "$doc/examples/chtail.toml"
 install -D -m 0644 packaging/debian/copyright "$doc/copyright"
+# The man page and the shell completions, from the CLI's own definitions.
+mkdir -p "$stage/usr/share/man/man1"
+"$bin" generate man | gzip -9n >"$stage/usr/share/man/man1/chtail.1.gz"
+chmod 0644 "$stage/usr/share/man/man1/chtail.1.gz"
+"$bin" generate bash | install -D -m 0644 /dev/stdin "$stage/usr/share/bash-completion/completions/chtail"
+"$bin" generate zsh | install -D -m 0644 /dev/stdin "$stage/usr/share/zsh/vendor-completions/_chtail"
+"$bin" generate fish | install -D -m 0644 /dev/stdin "$stage/usr/share/fish/vendor_completions.d/chtail.fish"
 {
   echo "chtail ($version) stable; urgency=medium"
   echo

@@ -12,7 +12,7 @@ use crate::plan;
 use crate::tail::{self, SourceRoute};
 
 /// Prints a report to stdout and returns the number of problems found.
-pub async fn check(config: &Config) -> usize {
+pub async fn check(config: &Config, offline: bool) -> usize {
     let mut problems = 0;
     let mut bad = |what: String| {
         crate::out!("PROBLEM  {what}");
@@ -101,6 +101,16 @@ pub async fn check(config: &Config) -> usize {
                                 p.display()
                             );
                         }
+                        Ok(p)
+                            if source.exclude.iter().any(|x| {
+                                glob::Pattern::new(x).is_ok_and(|g| g.matches_path(&p))
+                            }) =>
+                        {
+                            crate::out!(
+                                "note     source {pattern}: {} is excluded and is not read",
+                                p.display()
+                            );
+                        }
                         Ok(p) if p.is_file() => paths.push(p),
                         Ok(_) => {}
                         Err(e) => bad(format!(
@@ -147,6 +157,13 @@ pub async fn check(config: &Config) -> usize {
                 )),
             }
         }
+    }
+
+    if offline {
+        crate::out!(
+            "note     --offline: ClickHouse was not contacted; the server, the table and the column mapping are not checked"
+        );
+        return problems;
     }
 
     // ClickHouse.

@@ -11,10 +11,13 @@ use chtail::config::Config;
 
 use chtail::daemon::EXIT_BAD_CONFIG;
 
+/// Where the package puts the config.
+const DEFAULT_CONFIG: &str = "/etc/chtail/chtail.toml";
+
 #[derive(Parser)]
 #[command(
     name = "chtail",
-    version,
+    version = env!("CHTAIL_LONG_VERSION"),
     about = "Ship a bot's JSON event log into ClickHouse"
 )]
 struct Cli {
@@ -26,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground, logging to stderr.
     Run {
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Log format: plain text (for journald) or one JSON object per line.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -34,17 +37,38 @@ enum Command {
     },
     /// Validate the config, reach ClickHouse, check (or create) the table.
     Check {
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check the config, the state directory and the sources only:
+        /// ClickHouse is not contacted and nothing is created.
+        #[arg(long)]
+        offline: bool,
     },
     /// Show each tracked file: path, identity, size, committed offset, lag.
     Status {
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
+    /// Print the man page or a shell's completions, made from these
+    /// definitions (the package installs them).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+/// What `chtail generate` prints.
+#[derive(Clone, Copy, ValueEnum)]
+enum Generated {
+    /// The man page (roff), chtail(1).
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,7 +106,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => {
+        Command::Check { config, offline } => {
             init_logging(LogFormat::Text);
             let Some(config) = load(&config) else {
                 return ExitCode::from(EXIT_BAD_CONFIG);
@@ -91,7 +115,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build();
             let problems = match rt {
-                Ok(rt) => rt.block_on(chtail::check::check(&config)),
+                Ok(rt) => rt.block_on(chtail::check::check(&config, offline)),
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
@@ -105,18 +129,47 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Generate { what } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let mut out = std::io::stdout().lock();
+            let shell = match what {
+                Generated::Man => {
+                    return match clap_mangen::Man::new(cmd).render(&mut out) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("chtail: {e}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                Generated::Bash => clap_complete::Shell::Bash,
+                Generated::Zsh => clap_complete::Shell::Zsh,
+                Generated::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "chtail", &mut out);
+            ExitCode::SUCCESS
+        }
         Command::Status { config, json } => {
             let Some(config) = load(&config) else {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             };
+            if json {
+                return match chtail::status::report(&config) {
+                    Ok(report) => {
+                        chtail::out!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("chtail: cannot read the state: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match chtail::status::collect(&config) {
-                Ok(rows) if json => {
-                    chtail::out!(
-                        "{}",
-                        serde_json::to_string_pretty(&rows).unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
                 Ok(rows) => {
                     if chtail::status::daemon_running(&config) {
                         chtail::out!("chtail is running with this state directory");

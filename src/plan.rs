@@ -147,6 +147,8 @@ pub(crate) async fn prepare(
                 encoder: Arc::new(encoder.with_time_key(config.metrics.event_time_key.clone())),
                 route: route16,
                 follow_symlinks: s.follow_symlinks,
+                exclude: s.exclude.clone(),
+                start_at: s.start_at,
             }),
             Err(errs) => problems.extend(
                 errs.into_iter()

@@ -43,6 +43,70 @@ impl fmt::Display for Phase {
     }
 }
 
+/// `chtail status --json`: the files, and what a script watching chtail
+/// needs besides.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Whether a chtail holds the state directory.
+    pub running: bool,
+    pub files: Vec<FileStatus>,
+    /// The files' lag, summed.
+    pub lag_bytes: u64,
+    /// Records in the quarantine (`quarantine.jsonl` and its `.1`).
+    pub quarantined: u64,
+    /// The running daemon's counters and gauges without labels
+    /// (`rows_inserted_total`, `quarantined_total`, …), read from its
+    /// metrics endpoint; `None` when it does not run or has no endpoint.
+    pub counters: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+pub fn report(config: &Config) -> Result<Report, String> {
+    let files = collect(config)?;
+    let running = daemon_running(config);
+    let quarantined = ["quarantine.jsonl", "quarantine.jsonl.1"]
+        .iter()
+        .filter_map(|f| std::fs::read(config.state.dir.join(f)).ok())
+        .map(|b| memchr::memchr_iter(b'\n', &b).count() as u64)
+        .sum();
+    Ok(Report {
+        running,
+        lag_bytes: files.iter().filter_map(|f| f.lag_bytes).sum(),
+        files,
+        quarantined,
+        counters: if running {
+            config.metrics.listen.and_then(counters)
+        } else {
+            None
+        },
+    })
+}
+
+/// The unlabelled samples of the daemon's `/metrics`, without the `chtail_`
+/// prefix.
+fn counters(addr: std::net::SocketAddr) -> Option<std::collections::BTreeMap<String, f64>> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: chtail\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (_, body) = body.split_once("\r\n\r\n")?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                let name = name.strip_prefix("chtail_")?;
+                (!name.contains('{'))
+                    .then(|| Some((name.to_string(), value.trim().parse().ok()?)))?
+            })
+            .collect(),
+    )
+}
+
 pub fn collect(config: &Config) -> Result<Vec<FileStatus>, String> {
     let files = Checkpoints::read_only(&config.state.dir)?;
     Ok(files.iter().map(status_of).collect())

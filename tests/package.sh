@@ -40,6 +40,16 @@ id -nG chtail | grep -qw adm || fail "chtail is not in group adm"
 cmp -s /etc/chtail/chtail.toml config.example.toml || fail "the config is not the example"
 [ -f /lib/systemd/system/chtail.service ] || fail "no unit"
 [ -f /usr/share/doc/chtail/README.md ] && [ -f /usr/share/doc/chtail/copyright ] || fail "no docs"
+zcat /usr/share/man/man1/chtail.1.gz | grep -q '^\.TH chtail 1' || fail "no man page"
+zcat /usr/share/man/man1/chtail.1.gz | grep -q 'check' || fail "the man page lacks the commands"
+grep -q 'chtail' /usr/share/bash-completion/completions/chtail || fail "no bash completion"
+grep -q 'offline' /usr/share/zsh/vendor-completions/_chtail || fail "no zsh completion"
+grep -q 'complete -c chtail' /usr/share/fish/vendor_completions.d/chtail.fish || fail "no fish completion"
+if command -v bash >/dev/null; then
+  # The completion loads, and completes the subcommands.
+  words=$(bash -c 'source /usr/share/bash-completion/completions/chtail; COMP_WORDS=(chtail c); COMP_CWORD=1; _chtail chtail c chtail; echo "${COMPREPLY[@]}"')
+  grep -qw check <<<"$words" || fail "bash completion of 'chtail c': $words"
+fi
 
 step "systemd-analyze verify"
 if command -v systemd-analyze >/dev/null; then

@@ -13,6 +13,7 @@
 mod raw;
 mod report;
 mod validate;
+mod vars;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,22 @@ pub struct Source {
     /// default: whoever can write the log directory could otherwise make
     /// chtail read any file its user can.
     pub follow_symlinks: bool,
+    /// Globs of paths the source does not read although `paths` match them.
+    pub exclude: Vec<String>,
+    /// Where a file is first read when chtail starts with no state at all.
+    pub start_at: StartAt,
+}
+
+/// Where chtail starts reading the files it finds on its very first start
+/// (an empty state directory). Files that appear later, and files found on
+/// any later start, are always read from their beginning, so that nothing
+/// written while chtail runs, or while it is down, is skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartAt {
+    #[default]
+    Beginning,
+    /// After the last complete line: attach to a bot with a large history.
+    End,
 }
 
 /// How a source's JSON keys and line metadata fill its table's columns.
@@ -232,9 +249,11 @@ impl Config {
         })
     }
 
-    /// Validates the text of a config file, collecting every problem.
+    /// Validates the text of a config file, collecting every problem;
+    /// `${VAR}` and `${VAR:-default}` are taken from the environment.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        validate::document(text)
+        let text = vars::expand(text, |name| std::env::var(name).ok())?;
+        validate::document(&text)
     }
 }
 
@@ -271,6 +290,22 @@ timeout = "30s"
         assert_eq!(c.shutdown.timeout, Duration::from_secs(30));
         assert_eq!(c.sources[0].paths, vec!["/var/log/argus/events*.jsonl"]);
         assert!(c.queue.max_rows >= c.batch.max_rows);
+    }
+
+    #[test]
+    fn exclude_and_start_at() {
+        let base = "[clickhouse]\nurl = \"http://127.0.0.1:8123\"\n[[source]]\npaths = [\"/var/log/a/*.jsonl\"]\n";
+        let c = Config::parse(&format!(
+            "{base}exclude = [\"/var/log/a/debug*\"]\nstart_at = \"end\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.sources[0].exclude, vec!["/var/log/a/debug*"]);
+        assert_eq!(c.sources[0].start_at, StartAt::End);
+        let bad = Config::parse(&format!("{base}start_at = \"middle\"\n")).unwrap_err();
+        assert_eq!(bad[0].key, "source.start_at");
+        assert_eq!(bad[0].line, Some(5));
+        let bad = Config::parse(&format!("{base}exclude = [\"[\"]\n")).unwrap_err();
+        assert_eq!(bad[0].key, "source.exclude");
     }
 
     #[test]

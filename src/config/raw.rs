@@ -53,6 +53,8 @@ pub(super) struct RawSource {
     pub(super) catch_all: Option<Spanned<String>>,
     pub(super) metadata: Option<Spanned<Metadata>>,
     pub(super) follow_symlinks: Option<Spanned<bool>>,
+    pub(super) exclude: Option<Spanned<Vec<String>>>,
+    pub(super) start_at: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -404,6 +404,28 @@ impl Validator<'_> {
                     );
                 }
             }
+            let exclude = s.exclude.map(Spanned::into_inner).unwrap_or_default();
+            for p in &exclude {
+                if let Err(e) = glob::Pattern::new(p) {
+                    self.problem(
+                        "source.exclude",
+                        None,
+                        format!("`{p}` is not a valid glob: {e}"),
+                    );
+                }
+            }
+            let start_at = match s.start_at {
+                None => StartAt::Beginning,
+                Some(v) => match v.get_ref().as_str() {
+                    "beginning" => StartAt::Beginning,
+                    "end" => StartAt::End,
+                    other => {
+                        let message = format!("`{other}`: expected \"beginning\" or \"end\"");
+                        self.problem("source.start_at", Some(v.span()), message);
+                        StartAt::Beginning
+                    }
+                },
+            };
             let table = self.identifier("source.table", s.table, table);
             let mapping = Mapping {
                 rename: s
@@ -435,6 +457,8 @@ impl Validator<'_> {
                 table,
                 mapping,
                 follow_symlinks: s.follow_symlinks.is_some_and(Spanned::into_inner),
+                exclude,
+                start_at,
             });
         }
         out_sources

@@ -169,6 +169,9 @@ pub struct SourceRoute {
     /// Matching symlinks are read (their targets, by identity); otherwise
     /// skipped.
     pub follow_symlinks: bool,
+    /// Globs of paths not read although `patterns` match them.
+    pub exclude: Vec<String>,
+    pub start_at: config::StartAt,
 }
 
 /// What reading a file hands its lines to: the sources' encoders, the
@@ -253,6 +256,9 @@ pub struct Tailer {
     /// that chtail does not know are read (`resume::find_unseen_rotations`).
     rotations_since: std::time::SystemTime,
     last_rotation_scan: Option<Instant>,
+    /// The first look at the files with an empty state: where a source's
+    /// `start_at` applies.
+    attaching: bool,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -279,6 +285,7 @@ impl Tailer {
         };
         let patterns: Vec<String> = sources.iter().flat_map(|s| s.patterns.clone()).collect();
         let rotations_since = registry.watching_since();
+        let attaching = registry.files().next().is_none();
         let watcher = paths::watch(&patterns, control.clone());
         Tailer {
             patterns,
@@ -308,6 +315,7 @@ impl Tailer {
             parked: HashMap::new(),
             rotations_since,
             last_rotation_scan: None,
+            attaching,
             _watcher: watcher,
         }
     }
@@ -321,6 +329,7 @@ impl Tailer {
         // The crash replay may have committed since the registry was made.
         self.registry.refresh();
         self.discover(true);
+        self.attaching = false;
         'outer: while !self.control.cancel.load(Ordering::SeqCst) {
             self.out.beat.now();
             // What the ledger committed and pruned since the last round.
@@ -429,6 +438,8 @@ impl Tailer {
         }
         found.sort();
         found.dedup();
+        // What a source's `exclude` globs take out.
+        found.retain(|p| self.matches(p));
         for path in found {
             if is_compressed_name(&path) {
                 continue;

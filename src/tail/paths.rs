@@ -12,15 +12,17 @@ use super::{Control, SourceRoute};
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// The source a path belongs to: the first whose globs match it.
+/// The source a path belongs to: the first whose globs match it and whose
+/// `exclude` globs do not.
 pub(super) fn source_of(sources: &[SourceRoute], path: &Path) -> Option<usize> {
-    sources.iter().position(|s| {
-        s.patterns.iter().any(|p| {
-            glob::Pattern::new(p)
-                .map(|g| g.matches_path(path))
-                .unwrap_or(false)
-        })
-    })
+    let matches = |p: &String| {
+        glob::Pattern::new(p)
+            .map(|g| g.matches_path(path))
+            .unwrap_or(false)
+    };
+    sources
+        .iter()
+        .position(|s| s.patterns.iter().any(matches) && !s.exclude.iter().any(matches))
 }
 
 /// The source of a file found outside the globs (a rotated name): the one

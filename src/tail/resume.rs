@@ -20,6 +20,7 @@ use super::paths::{
     has_compressed_magic, is_compressed_name, is_rotation_of, literal_dir, source_near,
 };
 use super::{Tailer, Tracked};
+use crate::config;
 use crate::identity::{FileId, Identity};
 
 impl Tailer {
@@ -117,7 +118,20 @@ impl Tailer {
                         read_from,
                     )
                 }
-                None => (cp.register(identity, path, 0), 0),
+                None => {
+                    // A file never seen: from its start, or on the very
+                    // first look with `start_at = "end"`, after its last
+                    // complete line (the checkpoint covers what is skipped).
+                    let source = &self.out.sources[source_near(&self.out.sources, None, path)];
+                    let from = if self.attaching && source.start_at == config::StartAt::End {
+                        let end = last_line_end(&file, size);
+                        tracing::info!(path = %path.display(), skipped = end, "start_at = \"end\": reading only what is written from now on");
+                        end
+                    } else {
+                        0
+                    };
+                    (cp.register(identity, path, from), from)
+                }
             },
         };
         // Make sure the fingerprint on record describes what is there now.
@@ -310,6 +324,25 @@ impl Tailer {
             }
         }
     }
+}
+
+/// The offset just past the last `\n` in the first `size` bytes of
+/// `file` (0 if there is none: the file is one unfinished line).
+fn last_line_end(file: &File, size: u64) -> u64 {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut end = size;
+    while end > 0 {
+        let len = usize::try_from(end).map_or(buf.len(), |e| e.min(buf.len()));
+        let start = end - len as u64;
+        if file.read_exact_at(&mut buf[..len], start).is_err() {
+            return 0;
+        }
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..len]) {
+            return start + i as u64 + 1;
+        }
+        end = start;
+    }
+    0
 }
 
 fn prefix_has_newline(file: &File, len: u64) -> bool {

@@ -343,10 +343,14 @@ fn check_creates_the_table_and_status_shows_lag() {
     assert!(chtail.terminate(SHORT).success());
     append(&env.log("events.jsonl"), 10, 20);
     let out = support::chtail_cmd(&["status", "--json"], &env.config);
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["running"], false);
+    assert_eq!(report["counters"], serde_json::Value::Null);
+    let rows = &report["files"];
     let size = std::fs::metadata(env.log("events.jsonl")).unwrap().len();
     assert_eq!(rows[0]["size"], size);
     assert!(rows[0]["lag_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["lag_bytes"], rows[0]["lag_bytes"]);
     assert_eq!(
         rows[0]["lag_bytes"].as_u64().unwrap() + rows[0]["committed"].as_u64().unwrap(),
         size

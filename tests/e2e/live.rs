@@ -400,3 +400,70 @@ fn rotations_read_and_released_during_an_outage_are_not_read_again() {
     );
     assert_eq!((distinct, dups), (n, 0), "{}", chtail.logs());
 }
+
+/// `start_at = "end"` on a first start skips the history the bot wrote
+/// before, and nothing after: the bot writes at its pace and rotates, and
+/// chtail is killed midway (a restart is no first start). A file the
+/// source's `exclude` takes out is never read, however it grows.
+#[test]
+fn start_at_end_skips_only_the_history_and_an_excluded_file_stays_unread() {
+    let _one = one_at_a_time();
+    let ch = shared();
+    let env = Env::new(ch, "start_at_end", "*.jsonl*", DEFAULTS);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let paths = format!("paths = [\"{}/*.jsonl*\"]", env.logs.display());
+    let text = text.replace(
+        &paths,
+        &format!(
+            "{paths}\nexclude = [\"{}/debug*\"]\nstart_at = \"end\"",
+            env.logs.display()
+        ),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    // The history, and a debug log beside it; both far above the bot's seqs.
+    let history = 1_000_000;
+    support::append(&env.log("events.jsonl"), history, history + 50_000);
+    support::append(&env.log("debug.jsonl"), 2 * history, 2 * history + 100);
+    let mut chtail = env.start();
+    support::wait_until(SHORT, "the first look at the files", || {
+        chtail
+            .logs()
+            .contains("reading only what is written from now on")
+    });
+    let n = BOT_RATE * BOT_SECS;
+    let writer = Writer::start(
+        &env.log("events.jsonl"),
+        "rotating",
+        0,
+        n,
+        4 << 20,
+        BOT_RATE,
+    );
+    std::thread::sleep(Duration::from_secs(BOT_SECS / 2));
+    let mut peak = peak_rss_kib(chtail.pid());
+    chtail.kill9();
+    support::append(
+        &env.log("debug.jsonl"),
+        2 * history + 100,
+        2 * history + 200,
+    );
+    let mut chtail = env.start();
+    let rate = writer.finish();
+    peak = peak.max(peak_rss_kib(chtail.pid()));
+    let (distinct, dups) = support::finish(ch, &env.table(), n, &mut chtail, SHORT);
+    let got = seq_counts(ch, &env.table());
+    let stray = got.keys().filter(|s| **s >= n).count();
+    println!(
+        "start_at = end: {n} events at {rate:.0}/s after 50,000 of history: {distinct} arrived, \
+         {dups} duplicated, {stray} from the history or the excluded file; peak RSS {peak} KiB"
+    );
+    assert!(
+        rate >= BOT_RATE as f64 * 0.5,
+        "the writer reached only {rate:.0} events/s: not the bot's pace"
+    );
+    assert_eq!((distinct, stray), (n, 0), "chtail log:\n{}", chtail.logs());
+    // One kill -9 on 18.16 without deduplication: at most the batch in
+    // flight (batch.max_rows, 50,000 by default).
+    assert!(dups <= 50_000, "{dups} duplicates");
+    assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
+}

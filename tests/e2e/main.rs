@@ -13,6 +13,7 @@ mod live;
 mod model;
 mod modern;
 mod network;
+mod operator;
 mod rotation;
 mod schema;
 mod service;

@@ -146,6 +146,8 @@ impl Harness {
             encoder: Arc::new(chtail::parse::Encoder::plain(schema)),
             route: 0,
             follow_symlinks: false,
+            exclude: Vec::new(),
+            start_at: config::StartAt::Beginning,
         }];
         let quarantine = Arc::new(Mutex::new(Quarantine::new(&self.state, stats.clone())));
         let tailer = Tailer::new(

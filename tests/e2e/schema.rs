@@ -371,6 +371,21 @@ fn a_corpus_of_bad_and_awkward_lines_each_gets_its_expected_outcome() {
     assert!(raw.contains("line_base64"), "{raw}");
     let status = chtail_cmd(&["status", "--json"], &env.config);
     assert!(status.status.success());
+    // What a script watching chtail reads: it runs, its counters, the
+    // quarantine's size.
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let records = raw.lines().count() as u64;
+    assert_eq!(report["running"], true, "{report}");
+    assert_eq!(report["quarantined"].as_u64(), Some(records), "{report}");
+    assert_eq!(
+        report["counters"]["quarantined_total"].as_f64(),
+        Some(records as f64),
+        "{report}"
+    );
+    assert!(
+        report["counters"]["rows_inserted_total"].as_f64() > Some(0.0),
+        "{report}"
+    );
     assert!(chtail.terminate(SHORT).success());
     let logs = chtail.logs();
     assert!(logs.contains("quarantined"), "{logs}");

@@ -496,7 +496,7 @@ dir = "{state}"
             let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
                 return false;
             };
-            let rows = rows.as_array().cloned().unwrap_or_default();
+            let rows = rows["files"].as_array().cloned().unwrap_or_default();
             let tracked = |p: &Path| rows.iter().any(|r| r["path"].as_str() == p.to_str());
             let every_file = std::fs::read_dir(&self.logs)
                 .unwrap()
@@ -917,7 +917,7 @@ pub(crate) fn all_committed(config: &Path, logs: &Path) -> bool {
     let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
         return false;
     };
-    let rows = rows.as_array().cloned().unwrap_or_default();
+    let rows = rows["files"].as_array().cloned().unwrap_or_default();
     let done: std::collections::HashSet<String> = rows
         .iter()
         .filter(|r| r["lag_bytes"].as_u64() == Some(0))
