@@ -16,6 +16,9 @@ command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The package's checks: lintian; bash to load the completion.
+command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)
+command -v strip >/dev/null 2>&1 || need_apt+=(binutils)
 # Network faults: a namespace of the tests' own (ip) with iptables rules.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
