@@ -193,7 +193,15 @@ fn load(path: &std::path::Path) -> Option<Config> {
     match Config::load(path) {
         Ok(c) => Some(c),
         Err(e) => {
-            eprint!("chtail: {e}");
+            let text = format!("chtail: {e}");
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                // Each line an error in the journal (see init_logging).
+                for line in text.lines() {
+                    eprintln!("<3>{line}");
+                }
+            } else {
+                eprint!("{text}");
+            }
             None
         }
     }
@@ -208,8 +216,43 @@ fn init_logging(format: LogFormat) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
+        // Under systemd, stderr goes to the journal (JOURNAL_STREAM says
+        // so): each line starts with its syslog priority, which journald
+        // takes as the entry's level (`journalctl -p warning`), and the
+        // journal's own timestamp stands in for chtail's.
+        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => builder
+            .event_format(Prioritised(
+                tracing_subscriber::fmt::format().without_time(),
+            ))
+            .init(),
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A text line prefixed with `<N>`, the syslog priority of its level.
+struct Prioritised<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prioritised<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 

@@ -18,6 +18,8 @@ command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # The package's checks: lintian; bash to load the completion.
 command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)
+# The unit under a real systemd (tests/systemd.sh).
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 command -v strip >/dev/null 2>&1 || need_apt+=(binutils)
 # Network faults: a namespace of the tests' own (ip) with iptables rules.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
@@ -54,3 +56,8 @@ cargo test --release --locked --test e2e -- --test-threads=1 live:: faults:: net
 # The Debian package: built, installed, upgraded and purged with dpkg
 # (as root; skipped otherwise).
 tests/package.sh
+
+# The package under a real systemd as PID 1 (systemd-nspawn booting this
+# machine's tree): READY, STATUS, the journal, reload, the watchdog, the
+# sandbox, stop. Skipped, saying why, where systemd cannot boot.
+tests/systemd.sh
