@@ -365,8 +365,7 @@ impl Encoder {
             if raw.starts_with('"') {
                 time::event_ms(&text)
             } else {
-                let t = time::instant(&text, false, &TimeZone::UTC).ok()?;
-                Some(t.secs.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+                Some(time::instant(&text, false, &TimeZone::UTC).ok()?.unix_ms())
             }
         });
         Ok(Encoded { ignored, time_ms })

@@ -17,6 +17,13 @@ pub struct Instant {
     pub nanos: u32,
 }
 
+impl Instant {
+    /// Unix milliseconds.
+    pub fn unix_ms(self) -> i64 {
+        self.secs.saturating_mul(1000) + i64::from(self.nanos / 1_000_000)
+    }
+}
+
 /// A calendar date and time as written, with its offset if it had one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -351,7 +358,7 @@ pub fn event_ms(text: &str) -> Option<i64> {
             *secs = t.secs;
         });
     }
-    Some(t.secs.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+    Some(t.unix_ms())
 }
 
 /// `2026-11-22T10:00:00.123456Z`, for the ingest-time metadata column.
