@@ -6,12 +6,13 @@
 //! (reject kinds, failure classes) or file paths, never a value from an
 //! event.
 
-use std::fmt::Write;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::checkpoint::{Published, StateHealth};
@@ -100,186 +101,165 @@ impl Endpoint {
     }
 
     /// The Prometheus text exposition.
-    pub(crate) fn render(&self) -> String {
-        let s = &self.stats;
+    pub(crate) fn render(self: &Arc<Self>) -> String {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("chtail");
+        registry.register_collector(Box::new(Scrape(self.clone())));
         let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP chtail_{name} {help}\n# TYPE chtail_{name} {kind}"
-            );
-            for (labels, v) in samples {
-                let _ = writeln!(out, "chtail_{name}{labels} {v}");
-            }
-        };
-        let one = |v: u64| vec![(String::new(), v as f64)];
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric(
-            "build_info",
-            "gauge",
-            "chtail's version.",
-            &[(
-                format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
-                1.0,
-            )],
-        );
-        metric(
-            "state_write_failures_total",
-            "counter",
-            "Failed writes of the checkpoint or a batch's manifest (shipping waits until one succeeds).",
-            &one(self.state.failures()),
-        );
-        metric(
-            "file_errors_total",
-            "counter",
-            "Errors listing, opening or reading the sources' files (permissions, descriptors); each is retried.",
-            &one(get(&s.file_errors)),
-        );
-        metric(
-            "lines_read_total",
-            "counter",
-            "Lines read from the log files.",
-            &one(get(&s.lines_read)),
-        );
-        metric(
-            "bytes_read_total",
-            "counter",
-            "Bytes read from the log files.",
-            &one(get(&s.bytes_read)),
-        );
-        metric(
-            "events_parsed_total",
-            "counter",
-            "Lines that became rows.",
-            &one(get(&s.rows_parsed)),
-        );
-        metric(
-            "parse_failures_total",
-            "counter",
-            "Lines that could not become rows (or that ClickHouse refused), by reason.",
-            &RejectKind::ALL
-                .iter()
-                .map(|k| (format!("{{kind=\"{}\"}}", k.label()), s.rejected(*k) as f64))
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "quarantined_total",
-            "counter",
-            "Lines written to the quarantine file.",
-            &one(s.quarantined()),
-        );
-        metric(
-            "keys_ignored_total",
-            "counter",
-            "JSON keys that no column took.",
-            &one(get(&s.keys_ignored)),
-        );
-        metric(
-            "batches_inserted_total",
-            "counter",
-            "INSERTs ClickHouse acknowledged.",
-            &one(get(&s.batches_inserted)),
-        );
-        metric(
-            "rows_inserted_total",
-            "counter",
-            "Rows ClickHouse acknowledged.",
-            &one(get(&s.rows_inserted)),
-        );
-        metric(
-            "insert_failures_total",
-            "counter",
-            "Failed INSERT attempts, by class (transient: retried; bad_data: split; operator: someone must act).",
-            &Class::ALL
-                .iter()
-                .map(|c| {
-                    (
-                        format!("{{class=\"{}\"}}", c.label()),
-                        s.failures(*c) as f64,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "insert_retries_total",
-            "counter",
-            "INSERT attempts after a failed one.",
-            &one(get(&s.insert_retries)),
-        );
-        metric(
-            "queue_rows",
-            "gauge",
-            "Rows read and waiting to be inserted.",
-            &one(get(&s.queue_rows)),
-        );
-        metric(
-            "queue_bytes",
-            "gauge",
-            "Bytes of encoded rows waiting to be inserted.",
-            &one(get(&s.queue_bytes)),
-        );
-        let files = self.files();
-        metric(
-            "file_lag_bytes",
-            "gauge",
-            "Bytes of a tracked file not yet committed.",
-            &files
-                .iter()
-                .filter_map(|f| {
-                    Some((
-                        format!("{{path=\"{}\"}}", escape_label(&f.path)),
-                        f.lag_bytes? as f64,
-                    ))
-                })
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "lag_bytes",
-            "gauge",
-            "Bytes of all tracked files not yet committed.",
-            &one(files.iter().filter_map(|f| f.lag_bytes).sum()),
-        );
-        metric(
-            "last_insert_timestamp_seconds",
-            "gauge",
-            "When ClickHouse last acknowledged an INSERT (Unix time; 0: not yet).",
-            &[(
-                String::new(),
-                self.liveness.last_insert.unix_ms() as f64 / 1000.0,
-            )],
-        );
-        metric(
-            "clickhouse_up",
-            "gauge",
-            "1 if the last exchange with ClickHouse succeeded.",
-            &one(u64::from(self.liveness.reachable())),
-        );
-        let (buckets, count, sum) = s.delay.snapshot();
-        let mut samples: Vec<(String, f64)> = DELAY_BUCKETS
-            .iter()
-            .zip(&buckets)
-            .map(|(le, c)| (format!("_bucket{{le=\"{le}\"}}"), *c as f64))
-            .collect();
-        samples.push((
-            "_bucket{le=\"+Inf\"}".into(),
-            buckets[DELAY_BUCKETS.len()] as f64,
-        ));
-        samples.push(("_sum".into(), sum));
-        samples.push(("_count".into(), count as f64));
-        metric(
-            "event_delay_seconds",
-            "histogram",
-            "From an event's own time (its ts) to ClickHouse acknowledging it.",
-            &samples,
-        );
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// One scrape: every family read from the counters at that moment.
+struct Scrape(Arc<Endpoint>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let e = &self.0;
+        let s = &e.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "state_write_failures",
+                "Failed writes of the checkpoint or a batch's manifest (shipping waits until one succeeds).",
+                e.state.failures(),
+            ),
+            (
+                "file_errors",
+                "Errors listing, opening or reading the sources' files (permissions, descriptors); each is retried.",
+                get(&s.file_errors),
+            ),
+            (
+                "lines_read",
+                "Lines read from the log files.",
+                get(&s.lines_read),
+            ),
+            (
+                "bytes_read",
+                "Bytes read from the log files.",
+                get(&s.bytes_read),
+            ),
+            (
+                "events_parsed",
+                "Lines that became rows.",
+                get(&s.rows_parsed),
+            ),
+            (
+                "quarantined",
+                "Lines written to the quarantine file.",
+                s.quarantined(),
+            ),
+            (
+                "keys_ignored",
+                "JSON keys that no column took.",
+                get(&s.keys_ignored),
+            ),
+            (
+                "batches_inserted",
+                "INSERTs ClickHouse acknowledged.",
+                get(&s.batches_inserted),
+            ),
+            (
+                "rows_inserted",
+                "Rows ClickHouse acknowledged.",
+                get(&s.rows_inserted),
+            ),
+            (
+                "insert_retries",
+                "INSERT attempts after a failed one.",
+                get(&s.insert_retries),
+            ),
+        ];
+        enc.encode_descriptor("build_info", "chtail's version.", None, MetricType::Gauge)?
+            .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?
+            .encode_gauge(&1u64)?;
+        for (name, help, v) in counters {
+            enc.encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "parse_failures",
+            "Lines that could not become rows (or that ClickHouse refused), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for k in RejectKind::ALL {
+            m.encode_family(&[("kind", k.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(&s.rejected(k), None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "insert_failures",
+            "Failed INSERT attempts, by class (transient: retried; bad_data: split; operator: someone must act).",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in Class::ALL {
+            m.encode_family(&[("class", c.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(&s.failures(c), None)?;
+        }
+        let files = e.files();
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "queue_rows",
+                "Rows read and waiting to be inserted.",
+                get(&s.queue_rows),
+            ),
+            (
+                "queue_bytes",
+                "Bytes of encoded rows waiting to be inserted.",
+                get(&s.queue_bytes),
+            ),
+            (
+                "lag_bytes",
+                "Bytes of all tracked files not yet committed.",
+                files.iter().filter_map(|f| f.lag_bytes).sum(),
+            ),
+            (
+                "clickhouse_up",
+                "1 if the last exchange with ClickHouse succeeded.",
+                u64::from(e.liveness.reachable()),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&v)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "file_lag_bytes",
+            "Bytes of a tracked file not yet committed.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for f in &files {
+            if let Some(lag) = f.lag_bytes {
+                m.encode_family(&[("path", f.path.as_str())])?
+                    .encode_gauge(&lag)?;
+            }
+        }
+        enc.encode_descriptor(
+            "last_insert_timestamp_seconds",
+            "When ClickHouse last acknowledged an INSERT (Unix time; 0: not yet).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(e.liveness.last_insert.unix_ms() as f64 / 1000.0))?;
+        let (buckets, count, sum) = s.delay.snapshot();
+        let bounds = DELAY_BUCKETS.iter().chain([&f64::INFINITY]);
+        let own: Vec<(f64, u64)> = bounds.zip(&buckets).map(|(le, c)| (*le, *c)).collect();
+        enc.encode_descriptor(
+            "event_delay_seconds",
+            "From an event's own time (its ts) to ClickHouse acknowledging it.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &own, None)
+    }
 }
 
 /// At most this many connections are served at once; more are closed at
@@ -288,12 +268,13 @@ const MAX_CONNECTIONS: usize = 32;
 /// A connection gets this long to send its request and take the answer.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves the endpoint until the task is aborted.
+/// Serves the endpoint until the task is aborted: hyper's HTTP/1 server,
+/// one request per connection, within the connection cap and timeout.
 pub(crate) async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut last_error: Option<std::time::Instant> = None;
     loop {
-        let mut conn = match listener.accept().await {
+        let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
             Err(e) => {
                 // EMFILE and the like: say so (once a minute), then wait
@@ -313,77 +294,57 @@ pub(crate) async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // The request line and headers; the body (if any) is ignored.
-            let read = tokio::time::timeout(CONNECTION_TIMEOUT, async {
-                while len < buf.len() {
-                    let n = conn.read(&mut buf[len..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let mut parts = head.split_whitespace();
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let path = target.split('?').next().unwrap_or("");
-            let (code, ctype, body) = respond(&endpoint, method, path);
-            let reply = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            // A reader that does not take the answer is dropped in time.
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async {
-                conn.write_all(reply.as_bytes()).await?;
-                if method != "HEAD" {
-                    conn.write_all(body.as_bytes()).await?;
-                }
-                conn.shutdown().await
-            })
-            .await;
+            let service = hyper::service::service_fn(move |req| {
+                let reply = respond(&endpoint, req.method(), req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            // A client that does not send its request, or does not take
+            // the answer, is dropped in time.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, served).await;
         });
     }
 }
 
-fn respond(endpoint: &Endpoint, method: &str, path: &str) -> (&'static str, &'static str, String) {
+type Reply = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+fn respond(endpoint: &Arc<Endpoint>, method: &hyper::Method, path: &str) -> Reply {
     const TEXT: &str = "text/plain; charset=utf-8";
-    if method != "GET" && method != "HEAD" {
-        return ("405 Method Not Allowed", TEXT, "GET only\n".into());
-    }
-    match path {
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            endpoint.render(),
-        ),
-        "/health" => match endpoint.stuck.lock().map(|s| s.clone()).unwrap_or(None) {
-            None => ("200 OK", TEXT, "ok\n".into()),
-            Some(why) => ("503 Service Unavailable", TEXT, format!("stuck: {why}\n")),
-        },
-        "/ready" => match endpoint.ready() {
-            Ok(why) => ("200 OK", TEXT, why + "\n"),
-            Err(why) => (
-                "503 Service Unavailable",
-                TEXT,
-                format!("not ready: {why}\n"),
+    use hyper::StatusCode as S;
+    let (code, ctype, body) = if method != hyper::Method::GET && method != hyper::Method::HEAD {
+        (S::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into())
+    } else {
+        match path {
+            "/metrics" => (
+                S::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                endpoint.render(),
             ),
-        },
-        _ => (
-            "404 Not Found",
-            TEXT,
-            "try /metrics, /health or /ready\n".into(),
-        ),
-    }
+            "/health" => match endpoint.stuck.lock().map(|s| s.clone()).unwrap_or(None) {
+                None => (S::OK, TEXT, "ok\n".into()),
+                Some(why) => (S::SERVICE_UNAVAILABLE, TEXT, format!("stuck: {why}\n")),
+            },
+            "/ready" => match endpoint.ready() {
+                Ok(why) => (S::OK, TEXT, why + "\n"),
+                Err(why) => (S::SERVICE_UNAVAILABLE, TEXT, format!("not ready: {why}\n")),
+            },
+            _ => (
+                S::NOT_FOUND,
+                TEXT,
+                "try /metrics, /health or /ready\n".into(),
+            ),
+        }
+    };
+    let mut reply = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *reply.status_mut() = code;
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    reply
 }
 
 #[cfg(test)]
@@ -404,17 +365,27 @@ mod tests {
             "chtail_insert_failures_total{class=\"bad_data\"} 0",
             "chtail_event_delay_seconds_bucket{le=\"1\"} 0",
             "chtail_event_delay_seconds_bucket{le=\"2.5\"} 1",
+            "chtail_event_delay_seconds_bucket{le=\"86400\"} 1",
+            "chtail_event_delay_seconds_bucket{le=\"+Inf\"} 1",
+            "chtail_event_delay_seconds_sum 1.5",
+            "# TYPE chtail_rows_inserted_total counter",
             "chtail_event_delay_seconds_count 1",
             "# TYPE chtail_event_delay_seconds histogram",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }
         assert_eq!(
-            respond(&e, "GET", "/ready").0,
-            "503 Service Unavailable",
+            respond(&e, &hyper::Method::GET, "/ready").status(),
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
             "not ready before a pipeline runs"
         );
-        assert_eq!(respond(&e, "GET", "/health").0, "200 OK");
-        assert_eq!(respond(&e, "POST", "/metrics").0, "405 Method Not Allowed");
+        assert_eq!(
+            respond(&e, &hyper::Method::GET, "/health").status(),
+            hyper::StatusCode::OK
+        );
+        assert_eq!(
+            respond(&e, &hyper::Method::POST, "/metrics").status(),
+            hyper::StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

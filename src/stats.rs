@@ -130,20 +130,16 @@ impl Histogram {
         self.sum_ms.fetch_add(sum, Ordering::Relaxed);
     }
 
-    /// Cumulative counts per bucket (the last is +Inf), the count, and the
-    /// sum in seconds.
+    /// Each bucket's own count (the last is above every bound: +Inf), the
+    /// count, and the sum in seconds. The exposition makes them cumulative.
     pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
-        let mut acc = 0;
-        let cumulative = self
+        let own = self
             .buckets
             .iter()
-            .map(|b| {
-                acc += b.load(Ordering::Relaxed);
-                acc
-            })
+            .map(|b| b.load(Ordering::Relaxed))
             .collect();
         (
-            cumulative,
+            own,
             self.count.load(Ordering::Relaxed),
             self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         )
@@ -174,7 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_buckets_count_their_own_range() {
         let h = Histogram::default();
         for ms in [50, 100, 900, 4000, 10_000_000, -5] {
             h.observe_ms(ms);
@@ -182,9 +178,11 @@ mod tests {
         let (b, count, sum) = h.snapshot();
         assert_eq!(count, 6);
         assert_eq!(b[0], 3); // 50, 100, and -5 as 0
-        assert_eq!(b[3], 4); // <= 1 s
-        assert_eq!(b[5], 5); // <= 5 s
-        assert_eq!(b[14], 6); // +Inf
+        assert_eq!(b[3], 1); // (0.5 s, 1 s]
+        assert_eq!(b[5], 1); // (2.5 s, 5 s]
+        assert_eq!(b[12], 1); // (1 h, 6 h]
+        assert_eq!(b[14], 0); // above a day
+        assert_eq!(b.iter().sum::<u64>(), 6);
         assert!((sum - 10_005.05).abs() < 1e-6, "{sum}");
     }
 }

@@ -3,6 +3,7 @@
 //! and `/ready`, SIGHUP reloads (a source added; an invalid file refused),
 //! and the heartbeat table.
 
+use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,9 @@ fn receive(socket: &UnixDatagram, d: Duration, got: &mut Vec<String>) {
     let end = Instant::now() + d;
     while Instant::now() < end {
         if let Ok(n) = socket.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            // Assignments are newline-separated; a final newline is allowed.
+            let text = String::from_utf8_lossy(&buf[..n]);
+            got.push(text.trim_end_matches('\n').to_string());
         }
     }
 }
@@ -136,6 +139,31 @@ fn metrics_after_a_known_workload_and_health_and_ready() {
     let (code, body) = get(port, "/ready");
     assert_eq!(code, 200, "{body}");
     assert_eq!(get(port, "/nope").0, 404);
+    // HTTP as clients speak it: HEAD has no body, garbage is refused, a
+    // client that sends nothing is dropped after the connection timeout.
+    let raw = |request: &[u8]| {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(request).unwrap();
+        let mut text = String::new();
+        let started = Instant::now();
+        let _ = conn.read_to_string(&mut text);
+        (text, started.elapsed())
+    };
+    let (head, _) = raw(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "no body after HEAD: {head}");
+    let (junk, _) = raw(b"\x01\x02 nonsense\r\n\r\n");
+    assert!(
+        junk.starts_with("HTTP/1.1 400") || junk.is_empty(),
+        "{junk}"
+    );
+    let (idle, waited) = raw(b"");
+    assert!(
+        idle.is_empty() && waited < Duration::from_secs(8),
+        "{idle} {waited:?}"
+    );
 
     // ClickHouse goes away: not ready (an idle chtail notices within the
     // probe interval), still healthy, and a new event waits.
