@@ -24,6 +24,8 @@ command -v strip >/dev/null 2>&1 || need_apt+=(binutils)
 # Network faults: a namespace of the tests' own (ip) with iptables rules.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+# The cluster tests: ZooKeeper for the replicated tables (and its Java).
+[ -e /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -44,14 +46,15 @@ if ! python3 -c 'import chdb, lz4.block' >/dev/null 2>&1; then
 fi
 
 cargo test --locked --lib --bins --tests -- --test-threads="${CHTAIL_TEST_THREADS:-4}" \
-  --skip live:: --skip faults:: --skip network::
+  --skip live:: --skip faults:: --skip network:: --skip cluster::
 
 # The tests that write at the bot's pace (20,000 events/s through Python's
 # logging) need the machine to themselves: one at a time, nothing beside.
 # They run the release build, whose memory (peak RSS) they judge. The
 # network faults (network::) run chtail and a server in a network namespace
 # with iptables rules; they need root, and skip, saying why, without it.
-cargo test --release --locked --test e2e -- --test-threads=1 live:: faults:: network::
+# The cluster tests (cluster::) run ZooKeeper and three ClickHouse servers.
+cargo test --release --locked --test e2e -- --test-threads=1 live:: faults:: network:: cluster::
 
 # The Debian package: built, installed, upgraded and purged with dpkg
 # (as root; skipped otherwise).

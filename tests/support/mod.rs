@@ -13,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub(crate) mod cluster;
 pub(crate) mod netns;
 
 /// A private ClickHouse server.
@@ -28,6 +29,9 @@ pub(crate) struct ClickHouse {
     pub tls_port: Option<u16>,
     /// The network namespace it runs in (`None`: the host's).
     netns: Option<String>,
+    /// More server configuration (a cluster node's `remote_servers`,
+    /// `zookeeper`, `macros`), inside `<yandex>`.
+    extra_config: String,
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -50,17 +54,29 @@ impl ClickHouse {
 
     /// Debian's server inside a network namespace ([`netns::Netns`]).
     pub(crate) fn start_in(netns: Option<&netns::Netns>) -> ClickHouse {
+        ClickHouse::start_node(netns, free_port(), free_port(), String::new())
+    }
+
+    /// Debian's server on the given ports, with `extra_config` (a cluster
+    /// node, [`cluster::Cluster`]).
+    pub(crate) fn start_node(
+        netns: Option<&netns::Netns>,
+        http_port: u16,
+        tcp_port: u16,
+        extra_config: String,
+    ) -> ClickHouse {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut ch = ClickHouse {
-            http_port: free_port(),
-            tcp_port: free_port(),
+            http_port,
+            tcp_port,
             dir,
             _tmp: Some(tmp),
             child: None,
             modern: false,
             tls_port: None,
             netns: netns.map(|n| n.name.clone()),
+            extra_config,
         };
         ch.write_config();
         ch.spawn();
@@ -116,6 +132,7 @@ impl ClickHouse {
             modern: true,
             tls_port: tls.then(free_port),
             netns: netns.map(|n| n.name.clone()),
+            extra_config: String::new(),
         };
         ch.spawn();
         ch
@@ -166,21 +183,31 @@ impl ClickHouse {
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+{extra}
 </yandex>
 "#,
             http = self.http_port,
             tcp = self.tcp_port,
+            extra = self.extra_config,
         );
-        let users = r#"<?xml version="1.0"?>
+        // A cluster node runs `ON CLUSTER` DDL for other sessions: what the
+        // default table needs on 18.16 is set for every session there.
+        let profile = if self.extra_config.is_empty() {
+            ""
+        } else {
+            "<allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>"
+        };
+        let users = format!(r#"<?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage>{profile}</default></profiles>
   <users>
     <default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default>
     <writer><password>s3cret-pw</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></writer>
   </users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
-"#;
+"#
+        );
         std::fs::write(self.dir.join("config.xml"), config).expect("write config");
         std::fs::write(self.dir.join("users.xml"), users).expect("write users");
     }
@@ -212,23 +239,7 @@ impl ClickHouse {
             Some(ns) => format!("ip netns exec {ns} {server}"),
             None => server,
         };
-        // The watchdog stops the server when this test process is gone,
-        // even if it panicked or was killed.
-        let script = format!(
-            "{server} >{d}/stdout 2>&1 & s=$!; echo $s >{d}/pid; \
-             trap 'kill $s; wait $s; exit 0' TERM; \
-             while kill -0 {me} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.5; done; \
-             kill $s 2>/dev/null; wait $s",
-            d = self.dir.display(),
-            me = std::process::id()
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start clickhouse");
+        let child = watched(&server, &self.dir);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -372,6 +383,27 @@ impl Drop for ClickHouse {
 }
 
 /// A plain HTTP/1.0 POST (no chunked replies), enough for tests.
+/// Runs `server` (a shell command) with its pid in `dir/pid` and its output
+/// in `dir/stdout`, under a watchdog that stops it when this test process
+/// is gone, even if it panicked or was killed.
+pub(crate) fn watched(server: &str, dir: &Path) -> Child {
+    let script = format!(
+        "{server} >{d}/stdout 2>&1 & s=$!; echo $s >{d}/pid; \
+         trap 'kill $s; wait $s; exit 0' TERM; \
+         while kill -0 {me} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.5; done; \
+         kill $s 2>/dev/null; wait $s",
+        d = dir.display(),
+        me = std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a server")
+}
+
 pub(crate) fn http_post(
     port: u16,
     path: &str,
