@@ -5,8 +5,9 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::checkpoint::Checkpoints;
-use crate::clickhouse::{Delivery, Server};
+use crate::clickhouse::Server;
 use crate::config::{self, Config};
+use crate::delivery::{self, Delivery};
 use crate::parse::{LineMeta, Reject};
 use crate::plan;
 use crate::tail::{self, SourceRoute};
@@ -216,11 +217,12 @@ pub async fn check(config: &Config, offline: bool) -> usize {
     }
     for t in &plan.tables {
         let table = format!("{}.{}", ch.database, t.name);
-        match server.delivery(plan.version, &t.name).await {
+        if let Some(d) = &t.distributed {
+            crate::out!("note     table {table}: {}", d.explain());
+        }
+        match delivery::of(&server, plan.version, &ch.database, &t.name).await {
             Delivery::ExactlyOnce { why, limit } => {
-                crate::out!(
-                    "ok       table {table}: delivery is exactly-once: {why}; a batch re-sent after a crash carries the same deduplication token"
-                );
+                crate::out!("ok       table {table}: delivery is exactly-once: {why}");
                 crate::out!("note     table {table}: the deduplication window: {limit}");
             }
             Delivery::AtLeastOnce(why) => crate::out!(

@@ -129,6 +129,17 @@ impl Failure {
         }
     }
 
+    /// What a transient failure means, where its code says more than its
+    /// message: a replicated table that lost ZooKeeper.
+    pub(crate) fn meaning(&self) -> Option<&'static str> {
+        match self.code {
+            Some(c) if REPLICATION.contains(&c) => Some(
+                "the replicated table cannot take inserts while ZooKeeper is unreachable from this replica (read-only); the batch is retried here or on another listed replica, and a replica that did commit it drops the retry as an identical block",
+            ),
+            _ => None,
+        }
+    }
+
     /// The table (or its database) does not exist.
     pub(crate) fn is_missing_table(&self) -> bool {
         self.code.is_some_and(|c| MISSING.contains(&c))
@@ -153,6 +164,10 @@ const BAD_DATA: &[u32] = &[6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 190];
 /// Codes an operator must fix: authentication, missing objects, privileges,
 /// and the RowBinary layout no longer matching the table.
 const OPERATOR: &[u32] = &[8, 16, 32, 33, 60, 81, 115, 192, 193, 194, 497, 516];
+
+/// Codes of a replicated table without ZooKeeper: TABLE_IS_READ_ONLY,
+/// NO_ZOOKEEPER, UNKNOWN_STATUS_OF_INSERT, KEEPER_EXCEPTION (transient).
+const REPLICATION: &[u32] = &[242, 225, 319, 999];
 
 /// The one place where a ClickHouse error is given a meaning.
 pub(crate) fn classify(err: &clickhouse::error::Error) -> Failure {
@@ -394,104 +409,6 @@ impl Server {
         ))
     }
 
-    /// Whether a retried batch is recognised by this server and table, and
-    /// why (README, "Exactly once").
-    pub(crate) async fn delivery(&self, version: Version, table: &str) -> Delivery {
-        let sql = format!(
-            "SELECT engine, engine_full FROM system.tables WHERE database = '{}' AND name = '{table}'",
-            self.cfg.database
-        );
-        let row = match self.text(&sql, &[]).await {
-            Ok(t) => t,
-            Err(f) => {
-                return Delivery::AtLeastOnce(format!(
-                    "cannot read the table's engine: {}",
-                    f.message
-                ));
-            }
-        };
-        let (engine, full) = row.trim_end().split_once('\t').unwrap_or((row.trim(), ""));
-        // A replay re-sends the very same bytes, so a Replicated table drops
-        // it as an identical block on every version, token or not.
-        if engine.starts_with("Replicated") || engine.starts_with("Shared") {
-            let blocks = self
-                .merge_tree_setting(full, "replicated_deduplication_window")
-                .await;
-            let seconds = self
-                .merge_tree_setting(full, "replicated_deduplication_window_seconds")
-                .await;
-            let (window, limit) = match (blocks, seconds) {
-                (Some(b), Some(s)) => (
-                    format!("the last {b} blocks within {s} s"),
-                    format!(
-                        "a batch re-sent after an outage or downtime longer than {s} s (replicated_deduplication_window_seconds), or after {b} other blocks, is inserted twice"
-                    ),
-                ),
-                (Some(b), None) => (
-                    format!("the last {b} blocks"),
-                    format!("a batch re-sent after {b} other blocks is inserted twice"),
-                ),
-                _ => (
-                    "its last blocks (replicated_deduplication_window)".into(),
-                    "a batch re-sent after more blocks than replicated_deduplication_window is inserted twice".into(),
-                ),
-            };
-            return Delivery::ExactlyOnce {
-                why: format!(
-                    "{engine} drops a block identical to one of {window}; a batch re-sent after a crash is byte for byte the same"
-                ),
-                limit,
-            };
-        }
-        if !version.has_dedup_token() {
-            return Delivery::AtLeastOnce(format!(
-                "ClickHouse {version} has no insert_deduplication_token (22.2 and later have), and the table is not Replicated"
-            ));
-        }
-        if engine == "Distributed" {
-            return Delivery::AtLeastOnce(
-                "a Distributed table forwards inserts; delivery is exactly-once only if its local tables deduplicate (Replicated*, or MergeTree with non_replicated_deduplication_window > 0)".into(),
-            );
-        }
-        if !engine.ends_with("MergeTree") {
-            return Delivery::AtLeastOnce(format!(
-                "the {engine} engine does not deduplicate inserts"
-            ));
-        }
-        let window = self
-            .merge_tree_setting(full, "non_replicated_deduplication_window")
-            .await
-            .unwrap_or(0);
-        if window > 0 {
-            Delivery::ExactlyOnce {
-                why: format!(
-                    "{engine} with non_replicated_deduplication_window = {window} (the last {window} inserts are remembered)"
-                ),
-                limit: format!(
-                    "a batch re-sent after {window} other inserts into the table is inserted twice"
-                ),
-            }
-        } else {
-            Delivery::AtLeastOnce(format!(
-                "plain {engine} with non_replicated_deduplication_window = 0; for exactly-once run: ALTER TABLE `{}`.`{table}` MODIFY SETTING non_replicated_deduplication_window = 1000",
-                self.cfg.database
-            ))
-        }
-    }
-
-    /// A MergeTree setting of the table (from its definition), else the
-    /// server's default; `None` when the server does not know it.
-    async fn merge_tree_setting(&self, engine_full: &str, name: &str) -> Option<u64> {
-        if let Some(v) = table_setting(engine_full, name) {
-            return Some(v);
-        }
-        let sql = format!("SELECT value FROM system.merge_tree_settings WHERE name = '{name}'");
-        self.text(&sql, &[])
-            .await
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    }
-
     /// Creates the database (if needed) and the default table (README,
     /// "The table"), with exactly its columns. On servers that can deduplicate inserts
     /// into a plain MergeTree, the table is created with a deduplication
@@ -538,11 +455,12 @@ impl Server {
         parts: &[bytes::Bytes],
         token: Option<&str>,
         version: Version,
+        distributed: bool,
     ) -> Result<(), Failure> {
         if let Some(native) = native {
             let mut blocks = native.layout.blocks(parts);
             let sent = self
-                .insert_body(&native.sql, token, version, || blocks.next())
+                .insert_body(&native.sql, token, version, distributed, || blocks.next())
                 .await;
             match sent {
                 Ok(result) => return result,
@@ -556,7 +474,7 @@ impl Server {
         }
         let mut parts = parts.iter().cloned();
         let sent = self
-            .insert_body(sql, token, version, || parts.next().map(Ok))
+            .insert_body(sql, token, version, distributed, || parts.next().map(Ok))
             .await;
         sent.unwrap_or_else(|m| unreachable!("RowBinary parts are sent as they are: {m}"))
     }
@@ -567,6 +485,7 @@ impl Server {
         sql: &str,
         token: Option<&str>,
         version: Version,
+        distributed: bool,
         mut next: impl FnMut() -> Option<Result<bytes::Bytes, crate::native::Malformed>>,
     ) -> Result<Result<(), Failure>, crate::native::Malformed> {
         let mut insert = self.client().insert_formatted_with(sql).with_timeouts(
@@ -581,6 +500,12 @@ impl Server {
         // and an async insert deduplicates by other rules.
         if version.has_async_insert() {
             insert = insert.with_setting("async_insert", "0");
+        }
+        // Into a Distributed table, acknowledged only once every shard has
+        // its rows (the old name, which newer servers keep as an alias of
+        // distributed_foreground_insert). README, "A sharded bot".
+        if distributed {
+            insert = insert.with_setting("insert_distributed_sync", "1");
         }
         while let Some(piece) = next() {
             let piece = piece?;
@@ -629,26 +554,6 @@ fn tls_config(cfg: &config::ClickHouse) -> Result<rustls::ClientConfig, String> 
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
         .map_err(|e| format!("TLS setup: {e}"))
-}
-
-/// Whether a crash can send a batch twice.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// Why, and the limit of the server's memory of what it saw.
-    ExactlyOnce {
-        why: String,
-        limit: String,
-    },
-    AtLeastOnce(String),
-}
-
-/// `name = N` from the SETTINGS clause of an `engine_full`.
-fn table_setting(engine_full: &str, name: &str) -> Option<u64> {
-    let settings = engine_full.split(" SETTINGS ").nth(1)?;
-    settings.split(',').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().parse().ok()).flatten()
-    })
 }
 
 fn unescape_tsv(s: &str) -> String {
@@ -776,20 +681,6 @@ mod tests {
         assert_eq!(
             classify(&clickhouse::error::Error::TimedOut).class,
             Class::Transient
-        );
-    }
-
-    #[test]
-    fn table_settings_are_read_from_engine_full() {
-        let full = "MergeTree ORDER BY ts SETTINGS non_replicated_deduplication_window = 1000, index_granularity = 8192";
-        assert_eq!(
-            table_setting(full, "non_replicated_deduplication_window"),
-            Some(1000)
-        );
-        assert_eq!(table_setting(full, "index_granularity"), Some(8192));
-        assert_eq!(
-            table_setting("MergeTree() ORDER BY (a)", "index_granularity"),
-            None
         );
     }
 

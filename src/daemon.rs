@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch;
 use crate::checkpoint::{self, Checkpoints, Loaded, Manifest, StateError, StateHealth};
-use crate::clickhouse::{Backoff, Class, Delivery, Server};
+use crate::clickhouse::{Backoff, Class, Server};
 use crate::config::Config;
+use crate::delivery::{self, Delivery};
 use crate::health;
 use crate::heartbeat;
 use crate::insert::{Inserter, Outcome};
@@ -202,7 +203,10 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     for t in &plan.tables {
         let table = format!("{}.{}", config.clickhouse.database, t.name);
         tracing::info!(server = %version, table = %table, columns = t.schema.columns().len(), "ClickHouse reached");
-        match server.delivery(version, &t.name).await {
+        if let Some(d) = &t.distributed {
+            tracing::info!(table = %table, cluster = %d.cluster, "a Distributed table: inserts wait until every shard has its rows (insert_distributed_sync = 1)");
+        }
+        match delivery::of(&server, version, &config.clickhouse.database, &t.name).await {
             Delivery::ExactlyOnce { why, limit } => {
                 tracing::info!(table = %table, "delivery is exactly-once: {why}; {limit}")
             }
@@ -233,6 +237,11 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
         natives: plan.tables.iter().map(|t| t.native.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
+        distributed: plan
+            .tables
+            .iter()
+            .map(|t| t.distributed.is_some())
+            .collect(),
         version,
         ledger,
         state_dir: state_dir.clone(),

@@ -70,7 +70,7 @@ pub(crate) async fn run(
             env!("CARGO_PKG_VERSION"),
         );
         match server
-            .insert(&sql, None, &[row.into()], None, version)
+            .insert(&sql, None, &[row.into()], None, version, false)
             .await
         {
             Ok(()) => last_rows = rows,

@@ -43,6 +43,9 @@ pub(crate) struct Inserter {
     pub natives: Vec<Option<Arc<Native>>>,
     /// Send `insert_deduplication_token` (the server knows the setting).
     pub dedup_tokens: bool,
+    /// Whether each table, by route, is `Distributed` (inserted into
+    /// synchronously).
+    pub distributed: Vec<bool>,
     /// The server's version: which settings it knows.
     pub version: crate::clickhouse::Version,
     /// The checkpoint map's owner: the tailer's changes are applied and
@@ -313,7 +316,14 @@ impl Inserter {
             self.liveness.insert_started.now();
             let result = self
                 .server
-                .insert(sql, native, &parts, token, self.version)
+                .insert(
+                    sql,
+                    native,
+                    &parts,
+                    token,
+                    self.version,
+                    self.distributed[usize::from(route)],
+                )
                 .await;
             self.liveness.insert_started.clear();
             self.liveness.set_reachable(match &result {
@@ -369,8 +379,9 @@ impl Inserter {
                     retry_in = ?delay,
                     attempt = backoff.attempts(),
                     rows,
-                    "insert failed, will retry: {}",
-                    failure.message
+                    "insert failed, will retry: {}{}",
+                    failure.message,
+                    failure.meaning().map(|m| format!(" ({m})")).unwrap_or_default()
                 ),
             }
             let mut give_up = self.give_up.clone();

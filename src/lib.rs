@@ -53,6 +53,7 @@ pub mod config;
 mod batch;
 pub mod checkpoint;
 mod clickhouse;
+mod delivery;
 pub mod identity;
 mod insert;
 pub mod native;

@@ -16,6 +16,8 @@ pub(crate) struct Table {
     pub sql: String,
     /// How the rows go as Native blocks; `None`: as RowBinary (`sql`).
     pub native: Option<Arc<Native>>,
+    /// A `Distributed` table: inserted into synchronously.
+    pub distributed: Option<crate::delivery::Distributed>,
 }
 
 pub(crate) struct Plan {
@@ -122,11 +124,18 @@ pub(crate) async fn prepare(
                     })
                 });
                 let sql = schema.insert_sql(&ch.database, name, false);
+                let distributed = match crate::delivery::engine(server, &ch.database, name).await {
+                    Some((engine, full)) if engine == "Distributed" => {
+                        crate::delivery::Distributed::parse(&full)
+                    }
+                    _ => None,
+                };
                 tables.push(Table {
                     name: name.to_string(),
                     schema: Arc::new(schema),
                     sql,
                     native,
+                    distributed,
                 });
             }
             Err(bad) => problems.extend(bad.iter().map(|u| format!("table {full}: {u}"))),

@@ -47,30 +47,34 @@ pub(crate) fn interrupted_batch(
     let mut batch = Batch::default();
     for range in pending {
         let entry = checkpoints.get(range.file).cloned()?;
-        let chunk = locate(&entry, &patterns).and_then(|(path, file)| {
-            let source = source_near(sources, Some(&entry.path), &path);
-            if batch
-                .chunks
-                .first()
-                .is_some_and(|c| c.route != sources[source].route)
-            {
-                return None; // a batch goes to one table
+        let chunk = match locate(&entry, &patterns) {
+            None => Err("no file with its identity in the sources' directories".to_string()),
+            Some((path, file)) => {
+                let source = source_near(sources, Some(&entry.path), &path);
+                if batch
+                    .chunks
+                    .first()
+                    .is_some_and(|c| c.route != sources[source].route)
+                {
+                    Err("its source goes to another table".to_string()) // a batch goes to one table
+                } else {
+                    reread(
+                        file,
+                        (range.file, entry.identity),
+                        &path,
+                        (range.start, range.end),
+                        &sources[source],
+                        &config.tail,
+                        stats,
+                    )
+                    .map_err(|e| e.to_string())
+                }
             }
-            reread(
-                file,
-                (range.file, entry.identity),
-                &path,
-                (range.start, range.end),
-                &sources[source],
-                &config.tail,
-                stats,
-            )
-            .ok()
-        });
+        };
         match chunk {
-            Some(c) => batch.push(c),
-            None => {
-                tracing::warn!(path = %entry.path.display(), start = range.start, end = range.end, "cannot find the bytes of the interrupted batch any more (file deleted or rewritten); they cannot be re-sent")
+            Ok(c) => batch.push(c),
+            Err(why) => {
+                tracing::warn!(path = %entry.path.display(), identity = %entry.identity, start = range.start, end = range.end, "cannot find the bytes of the interrupted batch any more ({why}); they cannot be re-sent")
             }
         }
     }
@@ -142,12 +146,30 @@ fn locate(entry: &FileState, patterns: &[String]) -> Option<(PathBuf, File)> {
         return Some((entry.path.clone(), f));
     }
     let dirs: HashSet<PathBuf> = patterns.iter().map(|p| literal_dir(p)).collect();
-    for dir in dirs {
-        for e in std::fs::read_dir(&dir).ok()?.flatten() {
-            if let Some(f) = is_it(&e.path()) {
-                return Some((e.path(), f));
+    // A scan can race the bot's rotation: Python renames every backup one
+    // by one (`.2` to `.3`, then `.1` to `.2`, …), so a file listed as
+    // `.3` may be `.4` by the time it is opened, and the one opened as
+    // `.3` is another. A miss is scanned again for a while before the
+    // bytes are given up on.
+    for attempt in 0..LOCATE_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(LOCATE_PAUSE);
+        }
+        for dir in &dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Some(f) = is_it(&e.path()) {
+                    return Some((e.path(), f));
+                }
             }
         }
     }
     None
 }
+
+/// How often, and how far apart, a file of an interrupted batch is looked
+/// for before its bytes are given up on (about 3 s in all).
+const LOCATE_ATTEMPTS: u32 = 30;
+const LOCATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);

@@ -39,7 +39,7 @@ impl ZooKeeper {
             dir.join("zoo.cfg"),
             format!(
                 "tickTime=500\ndataDir={}/data\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\nmaxClientCnxns=0\n4lw.commands.whitelist=ruok\n",
+                 admin.enableServer=false\nmaxClientCnxns=0\n4lw.commands.whitelist=ruok,srvr\n",
                 dir.display()
             ),
         )
@@ -76,17 +76,19 @@ impl ZooKeeper {
         );
     }
 
-    /// ZooKeeper's own health check (`ruok` → `imok`).
+    /// Whether ZooKeeper serves sessions: `srvr` names its mode only then
+    /// (`ruok` answers `imok` earlier, and a server that connects in that
+    /// moment gets no session; 18.16's DDL then crashes on the null one).
     fn ruok(&self) -> bool {
         let probe = format!(
-            "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{} && echo ruok >&3 && timeout 2 cat <&3'",
+            "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{} && echo srvr >&3 && timeout 2 cat <&3'",
             self.port
         );
         Command::new("sh")
             .arg("-c")
             .arg(in_netns(&self.netns, &probe))
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("imok"))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Mode: standalone"))
     }
 
     /// Stops ZooKeeper (its data stays); `resume` starts it again.
@@ -151,7 +153,7 @@ impl Cluster {
         );
         // Nodes start one after another: three servers starting at once
         // on two cores take longer than the three in a row.
-        let nodes = LAYOUT
+        let nodes: Vec<ClickHouse> = LAYOUT
             .iter()
             .zip(&ports)
             .map(|((shard, name), (http, tcp, inter))| {
@@ -167,6 +169,21 @@ impl Cluster {
                 ClickHouse::start_node(netns, *http, *tcp, extra)
             })
             .collect();
+        // Each node must hold a ZooKeeper session before any DDL.
+        for node in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while node
+                .try_query("SELECT count() FROM system.zookeeper WHERE path = '/'")
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "no ZooKeeper session at {}",
+                    node.url()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         Cluster {
             nodes,
             zk,
@@ -180,7 +197,14 @@ impl Cluster {
     /// over it sharded by `sharding_key`.
     pub(crate) fn create(&self, db: &str, sharding_key: &str) {
         let first = &self.nodes[0];
-        first.query(&format!("DROP DATABASE IF EXISTS {db} ON CLUSTER {CLUSTER}"));
+        // A node's DDL worker may still be making its first ZooKeeper
+        // session just after start: the first statement is retried.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let drop = format!("DROP DATABASE IF EXISTS {db} ON CLUSTER {CLUSTER}");
+        while let Err(e) = first.try_query(&drop) {
+            assert!(Instant::now() < deadline, "{drop}: {e}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
         first.query(&format!("CREATE DATABASE {db} ON CLUSTER {CLUSTER}"));
         first.query(&format!(
             "CREATE TABLE {db}.argus_events_local ON CLUSTER {CLUSTER} \

@@ -197,7 +197,8 @@ impl ClickHouse {
         } else {
             "<allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>"
         };
-        let users = format!(r#"<?xml version="1.0"?>
+        let users = format!(
+            r#"<?xml version="1.0"?>
 <yandex>
   <profiles><default><max_memory_usage>4000000000</max_memory_usage>{profile}</default></profiles>
   <users>
