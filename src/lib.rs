@@ -67,6 +67,7 @@ pub mod tail;
 pub mod check;
 pub mod daemon;
 mod plan;
+pub mod report;
 pub mod status;
 
 // The service around the pipeline.

@@ -52,6 +52,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The bot's four dashboard figures for one guild: interactions per
+    /// day, top commands, each command's count and average duration, and
+    /// the overall average duration.
+    Report {
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The guild's id (digits).
+        #[arg(long, value_name = "ID")]
+        guild: String,
+        /// Interactions per day over this many days, today included (UTC).
+        #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Rows of the command lists (default: 10 top commands, 50 with
+        /// their durations).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: Option<u32>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the man page or a shell's completions, made from these
     /// definitions (the package installs them).
     #[command(hide = true)]
@@ -149,6 +169,45 @@ fn main() -> ExitCode {
             };
             clap_complete::generate(shell, &mut cmd, "chtail", &mut out);
             ExitCode::SUCCESS
+        }
+        Command::Report {
+            config,
+            guild,
+            days,
+            limit,
+            json,
+        } => {
+            let Some(config) = load(&config) else {
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            };
+            let request = chtail::report::Request { guild, days, limit };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("chtail: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(chtail::report::run(&config, &request)) {
+                Ok(report) if json => {
+                    chtail::out!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    chtail::out!("{}", chtail::report::render(&report).trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chtail: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
         }
         Command::Status { config, json } => {
             let Some(config) = load(&config) else {

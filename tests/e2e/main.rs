@@ -15,6 +15,7 @@ mod model;
 mod modern;
 mod network;
 mod operator;
+mod report;
 mod rotation;
 mod schema;
 mod service;
