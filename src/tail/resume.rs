@@ -203,7 +203,7 @@ impl Tailer {
                 }
             }
         }
-        let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        let mut found: Vec<(std::time::SystemTime, PathBuf, File)> = Vec::new();
         let mut dirs: Vec<&PathBuf> = lives.iter().map(|(d, _)| d).collect();
         dirs.sort();
         dirs.dedup();
@@ -229,10 +229,22 @@ impl Tailer {
                 let Ok(meta) = std::fs::symlink_metadata(&path) else {
                     continue;
                 };
+                if !meta.is_file() {
+                    continue;
+                }
+                // One handle for every question about this name: the bot
+                // renames its backups one by one (`.2` to `.3`, then `.1`
+                // to `.2`, …), so two opens of one name can be two files,
+                // and a read file could be taken for an unread one.
+                let Ok(file) = File::open(&path) else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else {
+                    continue;
+                };
                 let key = (meta.dev(), meta.ino());
                 let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                if !meta.is_file()
-                    || written < since
+                if written < since
                     || self.unsettled.contains_key(&key)
                     || self.is_parked(key)
                     || self
@@ -243,26 +255,23 @@ impl Tailer {
                     continue;
                 }
                 // Known to the checkpoints and read to its end: the usual
-                // case for a released rotation, told by inode without I/O
-                // and then confirmed by content.
+                // case for a released rotation, told by inode and then
+                // confirmed by content, through the same handle.
                 let read = self.registry.files().any(|f| {
                     (f.identity.dev, f.identity.ino) == key
                         && self.registry.read_offset(f) >= meta.len()
-                        && f.identity.open_at(&path).is_some()
+                        && f.identity.is(&file)
                 });
                 if !read {
-                    found.push((written, path));
+                    found.push((written, path, file));
                 }
             }
         }
-        found.sort();
-        for (_, path) in found {
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (_, path, file) in found {
             if self.matches(&path) {
                 continue;
             }
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
             // Compressed without a telling name: never text, and never to
             // be picked up again on every scan.
             let mut head = [0u8; 6];
@@ -315,8 +324,10 @@ impl Tailer {
                 if already {
                     continue;
                 }
+                // `is`, not only the content: the name may hold another
+                // file by now if the bot is renaming its backups.
                 if let Ok(file) = File::open(&path)
-                    && identity.same_content(&file).unwrap_or(false)
+                    && identity.is(&file)
                 {
                     tracing::info!(path = %path.display(), "found a file rotated while chtail was down, with unread lines");
                     self.track(file, &path, true);

@@ -219,10 +219,12 @@ fn zookeeper_stopped_for_30_s() {
     assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
 }
 
-// The replica chtail writes to is cut off the network for 20 s (every
-// packet to or from its ports dropped inside a namespace of the test's
-// own, where the whole cluster and chtail run): the insert hangs until
-// request_timeout, chtail fails over, the replica catches up when healed.
+// The replica chtail writes to is cut off the network for 20 s inside a
+// namespace of the test's own, where the whole cluster and chtail run:
+// every packet to its ports is dropped, and every packet it sends (its
+// server runs as its own uid: ZooKeeper and the other replica are cut off
+// too). The insert hangs until request_timeout, chtail fails over, the
+// replica catches up when healed.
 #[test]
 fn a_replica_cut_off_the_network() {
     let _one = one_at_a_time();
@@ -233,7 +235,8 @@ fn a_replica_cut_off_the_network() {
             return;
         }
     };
-    let cluster = Cluster::start(Some(&ns));
+    const ITS_UID: u32 = 65534;
+    let cluster = Cluster::start_with(Some(&ns), Some(ITS_UID));
     let env = env_on(
         &cluster.nodes[0],
         "cl_cut",
@@ -252,6 +255,8 @@ fn a_replica_cut_off_the_network() {
         ns.drop_packets(&["-p", "tcp", "--sport", &port, "-j", "DROP"]);
         ns.drop_packets(&["-p", "tcp", "--dport", &port, "-j", "DROP"]);
     }
+    let uid = ITS_UID.to_string();
+    ns.drop_packets(&["-m", "owner", "--uid-owner", &uid, "-j", "DROP"]);
     std::thread::sleep(Duration::from_secs(20));
     ns.heal();
     while writer.running() {

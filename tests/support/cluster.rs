@@ -131,6 +131,12 @@ const LAYOUT: [(u32, &str); 3] = [(1, "a1"), (1, "a2"), (2, "b1")];
 
 impl Cluster {
     pub(crate) fn start(netns: Option<&Netns>) -> Cluster {
+        Cluster::start_with(netns, None)
+    }
+
+    /// [`Cluster::start`] with the first node's server running as `uid`
+    /// (see [`ClickHouse::start_node`]).
+    pub(crate) fn start_with(netns: Option<&Netns>, first_as: Option<u32>) -> Cluster {
         let zk = ZooKeeper::start(netns);
         let ports: Vec<(u16, u16, u16)> = LAYOUT
             .iter()
@@ -156,7 +162,8 @@ impl Cluster {
         let nodes: Vec<ClickHouse> = LAYOUT
             .iter()
             .zip(&ports)
-            .map(|((shard, name), (http, tcp, inter))| {
+            .enumerate()
+            .map(|(i, ((shard, name), (http, tcp, inter)))| {
                 let extra = format!(
                     "{remote}\n<zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node>\
                      <session_timeout_ms>6000</session_timeout_ms></zookeeper>\n\
@@ -166,7 +173,7 @@ impl Cluster {
                      <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>",
                     zk = zk.port
                 );
-                ClickHouse::start_node(netns, *http, *tcp, extra)
+                ClickHouse::start_node(netns, *http, *tcp, extra, first_as.filter(|_| i == 0))
             })
             .collect();
         // Each node must hold a ZooKeeper session before any DDL.

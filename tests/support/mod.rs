@@ -32,6 +32,9 @@ pub(crate) struct ClickHouse {
     /// More server configuration (a cluster node's `remote_servers`,
     /// `zookeeper`, `macros`), inside `<yandex>`.
     extra_config: String,
+    /// Run the server as this uid (its directory handed to it), so that
+    /// an `iptables` owner match can cut everything it sends.
+    run_as: Option<u32>,
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -54,7 +57,7 @@ impl ClickHouse {
 
     /// Debian's server inside a network namespace ([`netns::Netns`]).
     pub(crate) fn start_in(netns: Option<&netns::Netns>) -> ClickHouse {
-        ClickHouse::start_node(netns, free_port(), free_port(), String::new())
+        ClickHouse::start_node(netns, free_port(), free_port(), String::new(), None)
     }
 
     /// Debian's server on the given ports, with `extra_config` (a cluster
@@ -64,6 +67,7 @@ impl ClickHouse {
         http_port: u16,
         tcp_port: u16,
         extra_config: String,
+        run_as: Option<u32>,
     ) -> ClickHouse {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
@@ -77,6 +81,7 @@ impl ClickHouse {
             tls_port: None,
             netns: netns.map(|n| n.name.clone()),
             extra_config,
+            run_as,
         };
         ch.write_config();
         ch.spawn();
@@ -133,6 +138,7 @@ impl ClickHouse {
             tls_port: tls.then(free_port),
             netns: netns.map(|n| n.name.clone()),
             extra_config: String::new(),
+            run_as: None,
         };
         ch.spawn();
         ch
@@ -235,6 +241,18 @@ impl ClickHouse {
             panic!(
                 "no ClickHouse server: install Debian's clickhouse-server (the README's test command does)"
             );
+        };
+        let server = match self.run_as {
+            Some(uid) => {
+                let status = Command::new("chown")
+                    .args(["-R", &format!("{uid}:{uid}")])
+                    .arg(&self.dir)
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "chown the server's directory");
+                format!("setpriv --reuid={uid} --regid={uid} --clear-groups {server}")
+            }
+            None => server,
         };
         let server = match &self.netns {
             Some(ns) => format!("ip netns exec {ns} {server}"),
