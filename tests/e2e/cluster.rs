@@ -31,6 +31,14 @@ fn env_on(node: &ClickHouse, name: &str, glob: &str, urls: &str, table: &str) ->
     env
 }
 
+/// An env writing to shard 1's replicated table through both its replicas,
+/// with the cluster's tables made for it.
+fn shard_one(cluster: &Cluster, name: &str, glob: &str) -> Env {
+    let env = env_on(&cluster.nodes[0], name, glob, &cluster.shard_urls(1), LOCAL);
+    cluster.create(&env.database, "cityHash64(guild_id)");
+    env
+}
+
 /// Waits until `node` sees `want` distinct events in `table` (or a
 /// minute passes), then returns (distinct events, duplicated rows).
 fn tally(node: &ClickHouse, table: &str, want: u64) -> (u64, u64) {
@@ -88,8 +96,7 @@ fn judge_shard_one(cluster: &Cluster, env: &Env, n: u64, case: &str, chtail: &mu
 fn kills_into_replicas(name: &str, glob: &str) {
     let _one = one_at_a_time();
     let cluster = Cluster::start(None);
-    let env = env_on(&cluster.nodes[0], name, glob, &cluster.shard_urls(1), LOCAL);
-    cluster.create(&env.database, "cityHash64(guild_id)");
+    let env = shard_one(&cluster, name, glob);
     let n = BOT_RATE * BOT_SECS;
     let mut writer = Writer::bot(&env, n, 2 << 20);
     let (mut kills, mut peak) = (0, 0);
@@ -152,14 +159,7 @@ fn kill_9_into_a_replicated_shard_rotated_names_too() {
 fn the_replica_being_written_to_is_killed_mid_insert() {
     let _one = one_at_a_time();
     let mut cluster = Cluster::start(None);
-    let env = env_on(
-        &cluster.nodes[0],
-        "cl_replica_kill",
-        "events.jsonl*",
-        &cluster.shard_urls(1),
-        LOCAL,
-    );
-    cluster.create(&env.database, "cityHash64(guild_id)");
+    let env = shard_one(&cluster, "cl_replica_kill", "events.jsonl*");
     let n = BOT_RATE * BOT_SECS;
     let mut chtail = env.start();
     let mut writer = Writer::bot(&env, n, 2 << 20);
@@ -184,14 +184,7 @@ fn the_replica_being_written_to_is_killed_mid_insert() {
 fn zookeeper_stopped_for_30_s() {
     let _one = one_at_a_time();
     let mut cluster = Cluster::start(None);
-    let env = env_on(
-        &cluster.nodes[0],
-        "cl_zk_stop",
-        "events.jsonl",
-        &cluster.shard_urls(1),
-        LOCAL,
-    );
-    cluster.create(&env.database, "cityHash64(guild_id)");
+    let env = shard_one(&cluster, "cl_zk_stop", "events.jsonl");
     let n = BOT_RATE * BOT_SECS;
     let mut chtail = env.start();
     let mut writer = Writer::bot(&env, n, 2 << 20);
@@ -237,14 +230,7 @@ fn a_replica_cut_off_the_network() {
     };
     const ITS_UID: u32 = 65534;
     let cluster = Cluster::start_with(Some(&ns), Some(ITS_UID));
-    let env = env_on(
-        &cluster.nodes[0],
-        "cl_cut",
-        "events.jsonl",
-        &cluster.shard_urls(1),
-        LOCAL,
-    );
-    cluster.create(&env.database, "cityHash64(guild_id)");
+    let env = shard_one(&cluster, "cl_cut", "events.jsonl");
     let n = BOT_RATE * BOT_SECS;
     let mut chtail = Chtail::start_in(&ns, &env.config, &env.tmp.path().join("chtail.log"));
     let mut writer = Writer::bot(&env, n, 2 << 20);
@@ -375,14 +361,7 @@ fn three_bots_through_the_distributed_table() {
 fn check_states_the_delivery_mode_of_replicated_and_distributed_tables() {
     let _one = one_at_a_time();
     let cluster = Cluster::start(None);
-    let env = env_on(
-        &cluster.nodes[0],
-        "cl_check",
-        "events.jsonl",
-        &cluster.shard_urls(1),
-        LOCAL,
-    );
-    cluster.create(&env.database, "cityHash64(guild_id)");
+    let env = shard_one(&cluster, "cl_check", "events.jsonl");
     support::append(&env.log("events.jsonl"), 0, 10);
     let check = |config: &std::path::Path| {
         let out = chtail_cmd(&["check"], config);
