@@ -64,8 +64,17 @@ impl Version {
         self.major >= 20
     }
 
+    /// Table TTLs exist from 19.6 on.
+    pub(crate) fn has_ttl(&self) -> bool {
+        *self
+            >= Version {
+                major: 19,
+                minor: 6,
+            }
+    }
+
     /// Before 19.x, `LowCardinality` needs an experimental switch.
-    fn low_cardinality_is_experimental(&self) -> bool {
+    pub(crate) fn low_cardinality_is_experimental(&self) -> bool {
         self.major < 19
     }
 }
@@ -346,7 +355,21 @@ impl Server {
         sql: &str,
         settings: &[(&str, &str)],
     ) -> Result<String, Failure> {
-        let mut q = self.client().query(sql);
+        self.text_within(sql, settings, self.cfg.request_timeout)
+            .await
+    }
+
+    /// [`Server::text`] with its own time limit, for statements that may
+    /// run long (a backfill of every event in a table).
+    pub(crate) async fn text_within(
+        &self,
+        sql: &str,
+        settings: &[(&str, &str)],
+        limit: Duration,
+    ) -> Result<String, Failure> {
+        // Raw: a `?` in the text (a regular expression, an operator's
+        // migration) is SQL, not a bind placeholder.
+        let mut q = self.client().query_raw(sql);
         for (k, v) in settings {
             q = q.with_setting(*k, *v);
         }
@@ -354,15 +377,32 @@ impl Server {
             let mut cursor = q.fetch_bytes("TabSeparated")?;
             cursor.collect().await
         };
-        match tokio::time::timeout(self.cfg.request_timeout, fut).await {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(Failure {
                 class: Class::Transient,
                 code: None,
-                message: format!("no answer within {:?}", self.cfg.request_timeout),
+                message: format!("no answer within {limit:?}"),
             }),
         }
+    }
+
+    /// The first configured server that answers, and its version; else
+    /// the URLs tried and the last failure (for the one-shot commands).
+    pub(crate) async fn first_answering(
+        cfg: &config::ClickHouse,
+    ) -> Result<(Server, Version), (String, String)> {
+        let all = Server::new(cfg).map_err(|m| (cfg.urls.join(", "), m))?;
+        let mut last = String::new();
+        for one in all.each() {
+            match one.version().await {
+                Ok(v) => return Ok((one, v)),
+                Err(f) => last = f.message,
+            }
+        }
+        let urls = all.each().iter().map(Server::url).collect::<Vec<_>>();
+        Err((urls.join(", "), last))
     }
 
     pub(crate) async fn version(&self) -> Result<Version, Failure> {
@@ -423,19 +463,7 @@ impl Server {
             self.text(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"), &[])
                 .await?;
         }
-        let cols: Vec<String> = default_table_columns()
-            .iter()
-            .map(|(n, t)| format!("{n} {t}"))
-            .collect();
-        let dedup = if version.has_dedup_token() {
-            " SETTINGS non_replicated_deduplication_window = 1000"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.`{table}` ({}) ENGINE = MergeTree() ORDER BY (guild_id, ts){dedup}",
-            cols.join(", ")
-        );
+        let sql = default_table_sql(db, table, version);
         let settings: &[(&str, &str)] = if version.low_cardinality_is_experimental() {
             &[("allow_experimental_low_cardinality_type", "1")]
         } else {
@@ -493,7 +521,12 @@ impl Server {
             Some(self.cfg.request_timeout),
         );
         if let Some(t) = token {
-            insert = insert.with_setting("insert_deduplication_token", t);
+            // A batch the table drops as already inserted is dropped by its
+            // materialized views too (the rollups, README "Managed schema"):
+            // said outright, since older servers default to 0.
+            insert = insert
+                .with_setting("insert_deduplication_token", t)
+                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
         // Plain synchronous inserts wherever the server knows async ones
         // (on by default from 26.2): chtail's batches are large already,
@@ -518,6 +551,23 @@ impl Server {
         }
         Ok(insert.end().await.map_err(|e| classify(&e)))
     }
+}
+
+/// The default table's CREATE statement (README, "The table").
+pub(crate) fn default_table_sql(db: &str, table: &str, version: Version) -> String {
+    let cols: Vec<String> = default_table_columns()
+        .iter()
+        .map(|(n, t)| format!("{n} {t}"))
+        .collect();
+    let dedup = if version.has_dedup_token() {
+        " SETTINGS non_replicated_deduplication_window = 1000"
+    } else {
+        ""
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.`{table}` ({}) ENGINE = MergeTree() ORDER BY (guild_id, ts){dedup}",
+        cols.join(", ")
+    )
 }
 
 /// A table's rows as Native blocks: the layout and its `INSERT … FORMAT

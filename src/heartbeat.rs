@@ -13,7 +13,7 @@ use crate::parse::LineMeta;
 use crate::parse::time;
 
 /// The heartbeat table's columns; DateTime64 where the server has it.
-fn create_sql(database: &str, table: &str, version: Version) -> String {
+pub(crate) fn create_sql(database: &str, table: &str, version: Version) -> String {
     let time_type = if version.has_datetime64() {
         "DateTime64(3, 'UTC')"
     } else {

@@ -68,6 +68,7 @@ pub mod check;
 pub mod daemon;
 mod plan;
 pub mod report;
+pub mod schema;
 pub mod status;
 
 // The service around the pipeline.

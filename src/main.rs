@@ -72,12 +72,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Managed schema: versioned migrations (the dashboards' daily rollup
+    /// and the operator's own .sql files) and retention TTLs.
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
     /// Print the man page or a shell's completions, made from these
     /// definitions (the package installs them).
     #[command(hide = true)]
     Generate {
         #[arg(value_enum)]
         what: Generated,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// What is applied, pending or changed, the retention in force, and
+    /// how events reach the rollups.
+    Status {
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print exactly the SQL `apply` would run on this server; change
+    /// nothing.
+    Plan {
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Run the pending migrations in version order, record each, and set
+    /// the retention TTLs.
+    Apply {
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -181,15 +209,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             };
             let request = chtail::report::Request { guild, days, limit };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("chtail: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = one_shot_runtime() else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(chtail::report::run(&config, &request)) {
                 Ok(report) if json => {
@@ -203,6 +224,29 @@ fn main() -> ExitCode {
                     chtail::out!("{}", chtail::report::render(&report).trim_end());
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("chtail: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Schema { action } => {
+            let (config, action) = match action {
+                SchemaAction::Status { config } => (config, chtail::schema::Action::Status),
+                SchemaAction::Plan { config } => (config, chtail::schema::Action::Plan),
+                SchemaAction::Apply { config } => (config, chtail::schema::Action::Apply),
+            };
+            let Some(config) = load(&config) else {
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            };
+            if action == chtail::schema::Action::Apply {
+                init_logging(LogFormat::Text);
+            }
+            let Some(rt) = one_shot_runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(chtail::schema::run(&config, action)) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("chtail: {e}");
                     ExitCode::from(e.exit_code())
@@ -244,6 +288,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The runtime of a command that runs once and exits.
+fn one_shot_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("chtail: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -2,8 +2,10 @@
 //! from the events chtail shipped (README, "Report").
 //!
 //! Days are UTC days of `parseDateTimeBestEffort(ts)`; durations are those
-//! of `app_command` events. Every figure comes from the configured table
-//! (`clickhouse.table` in `clickhouse.database`).
+//! of `app_command` events, averaged from their sum in whole microseconds.
+//! The figures come from the daily rollup once `chtail schema apply` has
+//! made it (README, "Managed schema"), else from the configured table's raw
+//! events; the report says which.
 
 use serde::Serialize;
 
@@ -89,70 +91,52 @@ pub async fn run(config: &Config, req: &Request) -> Result<Report, ReportError> 
         return Err(ReportError::BadGuild(req.guild.clone()));
     }
     let ch = &config.clickhouse;
-    let all = Server::new(ch).map_err(|message| ReportError::Unreachable {
-        urls: ch.urls.join(", "),
-        message,
-    })?;
-    // The first configured server that answers.
-    let mut last = String::new();
-    let mut server = None;
-    for one in all.each() {
-        match one.version().await {
-            Ok(_) => {
-                server = Some(one);
-                break;
-            }
-            Err(f) => last = f.message,
-        }
-    }
-    let Some(server) = server else {
-        return Err(ReportError::Unreachable {
-            urls: all
-                .each()
-                .iter()
-                .map(Server::url)
-                .collect::<Vec<_>>()
-                .join(", "),
-            message: last,
-        });
+    let (server, version) = Server::first_answering(ch)
+        .await
+        .map_err(|(urls, message)| ReportError::Unreachable { urls, message })?;
+    let rollup = crate::schema::applied_rollup(&server, version, &ch.database, &ch.table).await;
+    let from = match &rollup {
+        Some(r) => Source::rollup(&ch.database, r),
+        None => Source::raw(&ch.database, &ch.table),
     };
-    let table = format!("`{}`.`{}`", ch.database, ch.table);
+    let table = &from.table;
+    let (count, micros) = (from.count, from.micros);
     let q = |sql: String| {
         let server = server.clone();
         async move { server.text(&sql, &[]).await.map_err(query_error) }
     };
     let of_guild = format!("guild_id = '{guild}'");
-    let any = q(format!("SELECT count() FROM {table} WHERE {of_guild}")).await?;
-    if any.trim() == "0" {
+    let any = q(format!("SELECT {count} FROM {table} WHERE {of_guild}")).await?;
+    if matches!(any.trim(), "0" | "") {
         return Err(ReportError::UnknownGuild {
             guild: guild.to_string(),
             table: format!("{}.{}", ch.database, ch.table),
         });
     }
-    let day = "toDate(parseDateTimeBestEffortOrZero(ts, 'UTC'))";
     let per_day = q(format!(
-        "SELECT {day} AS day, count() FROM {table} \
+        "SELECT {day}, {count} FROM {table} \
          WHERE {of_guild} AND event = 'interaction' \
          AND day > toDate(now(), 'UTC') - {days} AND day <= toDate(now(), 'UTC') \
          GROUP BY day ORDER BY day",
+        day = from.day,
         days = req.days
     ))
     .await?;
     let commands = format!("{of_guild} AND event = 'app_command'");
     let top = q(format!(
-        "SELECT command, count() AS n FROM {table} WHERE {commands} \
+        "SELECT command, {count} AS n FROM {table} WHERE {commands} \
          GROUP BY command ORDER BY n DESC, command LIMIT {}",
         req.limit.unwrap_or(10)
     ))
     .await?;
     let stats = q(format!(
-        "SELECT command, count() AS n, avg(duration_ms) FROM {table} WHERE {commands} \
+        "SELECT command, {count} AS n, {micros} FROM {table} WHERE {commands} \
          GROUP BY command ORDER BY n DESC, command LIMIT {}",
         req.limit.unwrap_or(50)
     ))
     .await?;
     let overall = q(format!(
-        "SELECT count(), avg(duration_ms) FROM {table} WHERE {commands}"
+        "SELECT {count}, {micros} FROM {table} WHERE {commands}"
     ))
     .await?;
     let rows = |text: &str| -> Vec<Vec<String>> {
@@ -162,15 +146,14 @@ pub async fn run(config: &Config, req: &Request) -> Result<Report, ReportError> 
             .collect()
     };
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
-    let float = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
     let overall = rows(&overall);
     let avg_duration_ms = overall
         .first()
         .filter(|r| r.len() == 2 && num(&r[0]) > 0)
-        .map(|r| float(&r[1]));
+        .map(|r| average_ms(&r[1], num(&r[0])));
     Ok(Report {
         guild: guild.to_string(),
-        source: format!("raw events in {}.{}", ch.database, ch.table),
+        source: from.describe,
         days: req.days,
         interactions_per_day: rows(&per_day)
             .into_iter()
@@ -194,11 +177,57 @@ pub async fn run(config: &Config, req: &Request) -> Result<Report, ReportError> 
             .map(|r| CommandStats {
                 command: r[0].clone(),
                 count: num(&r[1]),
-                avg_ms: float(&r[2]),
+                avg_ms: average_ms(&r[2], num(&r[1])),
             })
             .collect(),
         avg_duration_ms,
     })
+}
+
+/// Where the four figures are read from, and how.
+struct Source {
+    /// `db`.`table`.
+    table: String,
+    /// Events in a group.
+    count: &'static str,
+    /// Their durations' sum in whole microseconds.
+    micros: &'static str,
+    /// The UTC day, named `day`.
+    day: &'static str,
+    describe: String,
+}
+
+impl Source {
+    fn raw(db: &str, table: &str) -> Source {
+        Source {
+            table: format!("`{db}`.`{table}`"),
+            count: "count()",
+            micros: "sum(toInt64(round(duration_ms * 1000)))",
+            day: "toDate(parseDateTimeBestEffortOrZero(ts, 'UTC')) AS day",
+            describe: format!("raw events in {db}.{table}"),
+        }
+    }
+
+    /// The daily rollup `chtail schema apply` made (README, "Managed schema").
+    fn rollup(db: &str, rollup: &str) -> Source {
+        Source {
+            table: format!("`{db}`.`{rollup}`"),
+            count: "sum(events)",
+            micros: "sum(duration_us)",
+            day: "day",
+            describe: format!("rollups in {db}.{rollup}"),
+        }
+    }
+}
+
+/// An average from the sum of whole microseconds, so that the raw events
+/// and the rollups (which sum the same integers) give the same figure to
+/// the last bit.
+fn average_ms(micros: &str, count: u64) -> f64 {
+    match micros.parse::<i64>() {
+        Ok(us) if count > 0 => us as f64 / count as f64 / 1000.0,
+        _ => f64::NAN,
+    }
 }
 
 fn query_error(f: Failure) -> ReportError {

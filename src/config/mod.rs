@@ -37,6 +37,7 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub metrics: Metrics,
     pub heartbeat: Heartbeat,
+    pub schema: Schema,
 }
 
 #[derive(Clone, PartialEq)]
@@ -225,6 +226,19 @@ pub struct Heartbeat {
     pub enabled: bool,
     pub interval: Duration,
     pub table: String,
+}
+
+/// `[schema]`: what `chtail schema apply` manages (README, "Managed
+/// schema").
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Schema {
+    /// The operator's own `NNNN_name.sql` migrations.
+    pub migrations_dir: Option<PathBuf>,
+    /// Raw events older than this many days are deleted by a TTL (servers
+    /// with TTL only); `None` keeps them.
+    pub retention_days: Option<u32>,
+    /// The heartbeat table's TTL in days.
+    pub heartbeat_retention_days: u32,
 }
 
 /// Loopback only: the endpoint is for a local Prometheus or probe.

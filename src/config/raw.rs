@@ -24,6 +24,7 @@ pub(super) struct RawDocument {
     pub(super) shutdown: RawShutdown,
     pub(super) metrics: RawMetrics,
     pub(super) heartbeat: RawHeartbeat,
+    pub(super) schema: RawSchema,
 }
 
 #[derive(Deserialize, Default)]
@@ -108,6 +109,14 @@ pub(super) struct RawHeartbeat {
     pub(super) table: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSchema {
+    pub(super) migrations_dir: Option<Spanned<PathBuf>>,
+    pub(super) retention: Option<Spanned<String>>,
+    pub(super) heartbeat_retention: Option<Spanned<String>>,
+}
+
 /// `url = "http://a:8123"` or `url = ["http://a:8123", "http://b:8123"]`.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -139,6 +148,7 @@ pub(super) fn known_keys(section: &str) -> Option<&'static [&'static str]> {
         "shutdown" => fields::<RawShutdown>(),
         "metrics" => fields::<RawMetrics>(),
         "heartbeat" => fields::<RawHeartbeat>(),
+        "schema" => fields::<RawSchema>(),
         _ => return None,
     })
 }

@@ -47,6 +47,7 @@ pub(super) fn document(text: &str) -> Result<Config, Vec<Problem>> {
         shutdown: v.section(&mut doc, "shutdown").unwrap_or_default(),
         metrics: v.section(&mut doc, "metrics").unwrap_or_default(),
         heartbeat: v.section(&mut doc, "heartbeat").unwrap_or_default(),
+        schema: v.section(&mut doc, "schema").unwrap_or_default(),
     };
     let config = v.config(raw);
     if v.problems.is_empty() {
@@ -245,6 +246,66 @@ impl Validator<'_> {
             },
             metrics,
             heartbeat,
+            schema: self.schema(raw.schema),
+        }
+    }
+
+    /// `[schema]`: retentions are whole days, since they become TTLs of
+    /// `INTERVAL n DAY`.
+    fn schema(&mut self, s: RawSchema) -> Schema {
+        let migrations_dir = match s.migrations_dir {
+            Some(d) if d.get_ref().is_absolute() => Some(d.into_inner()),
+            Some(d) => {
+                self.problem(
+                    "schema.migrations_dir",
+                    Some(d.span()),
+                    "must be an absolute path".into(),
+                );
+                None
+            }
+            None => None,
+        };
+        let retention_days = s
+            .retention
+            .map(|r| self.days("schema.retention", r))
+            .filter(|d| *d > 0);
+        let heartbeat_retention_days = match s.heartbeat_retention {
+            Some(r) => self.days("schema.heartbeat_retention", r),
+            None => 28,
+        };
+        Schema {
+            migrations_dir,
+            retention_days,
+            heartbeat_retention_days: heartbeat_retention_days.max(1),
+        }
+    }
+
+    /// A duration of whole days (`"90d"`, `"12weeks"`); 0 after a problem.
+    fn days(&mut self, key: &str, v: Spanned<String>) -> u32 {
+        const DAY: u64 = 86_400;
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d.as_secs() >= DAY && d.as_secs() % DAY == 0 && d.subsec_nanos() == 0 => {
+                u32::try_from(d.as_secs() / DAY).unwrap_or(u32::MAX)
+            }
+            Ok(_) => {
+                self.problem(
+                    key,
+                    Some(v.span()),
+                    format!(
+                        "`{}` must be a whole number of days, at least one (e.g. \"90d\")",
+                        v.get_ref()
+                    ),
+                );
+                0
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    Some(v.span()),
+                    format!("`{}` is not a duration such as \"90d\": {e}", v.get_ref()),
+                );
+                0
+            }
         }
     }
 
