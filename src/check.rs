@@ -229,6 +229,13 @@ pub async fn check(config: &Config, offline: bool) -> usize {
                 "note     table {table}: delivery is at-least-once: {why}. A batch inserted just before a crash, before its checkpoint, is sent again"
             ),
         }
+        // The rollups `chtail schema apply` made, if any (README, "Managed
+        // schema").
+        if let Some(note) =
+            crate::schema::rollup_note(&server, plan.version, &ch.database, &t.name).await
+        {
+            crate::out!("note     rollups {note}");
+        }
     }
     for (n, (source, route)) in config.sources.iter().zip(&plan.sources).enumerate() {
         let table = &plan.tables[usize::from(route.route)].name;

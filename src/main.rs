@@ -68,6 +68,10 @@ enum Command {
         /// their durations).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
         limit: Option<u32>,
+        /// Read the rollups (once `chtail schema apply` made them) or the
+        /// raw events; `auto` reads the rollups when they are applied.
+        #[arg(long, value_enum, default_value_t = ReportFrom::Auto)]
+        from: ReportFrom,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -85,6 +89,13 @@ enum Command {
         #[arg(value_enum)]
         what: Generated,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFrom {
+    Auto,
+    Raw,
+    Rollups,
 }
 
 #[derive(Subcommand)]
@@ -203,12 +214,23 @@ fn main() -> ExitCode {
             guild,
             days,
             limit,
+            from,
             json,
         } => {
             let Some(config) = load(&config) else {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             };
-            let request = chtail::report::Request { guild, days, limit };
+            let from = match from {
+                ReportFrom::Auto => chtail::report::From::Auto,
+                ReportFrom::Raw => chtail::report::From::Raw,
+                ReportFrom::Rollups => chtail::report::From::Rollups,
+            };
+            let request = chtail::report::Request {
+                guild,
+                days,
+                limit,
+                from,
+            };
             let Some(rt) = one_shot_runtime() else {
                 return ExitCode::FAILURE;
             };

@@ -20,6 +20,17 @@ pub struct Request {
     /// Rows of the command lists: `--limit`, else 10 top commands and 50
     /// commands with their durations.
     pub limit: Option<u32>,
+    pub from: From,
+}
+
+/// Where to read the figures (`--from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum From {
+    /// The rollups once they are applied, else the raw events.
+    #[default]
+    Auto,
+    Raw,
+    Rollups,
 }
 
 /// The four answers.
@@ -68,6 +79,10 @@ pub enum ReportError {
     UnknownGuild { guild: String, table: String },
     #[error("cannot reach ClickHouse at {urls}: {message}")]
     Unreachable { urls: String, message: String },
+    #[error(
+        "the rollups of {0} are not applied: `chtail schema apply` makes them (README, \"Managed schema\")"
+    )]
+    NoRollups(String),
     #[error("ClickHouse refused a report query: {0}")]
     Query(String),
 }
@@ -79,7 +94,7 @@ impl ReportError {
         match self {
             ReportError::BadGuild(_) | ReportError::UnknownGuild { .. } => 65,
             ReportError::Unreachable { .. } => 69,
-            ReportError::Query(_) => 1,
+            ReportError::NoRollups(_) | ReportError::Query(_) => 1,
         }
     }
 }
@@ -94,9 +109,20 @@ pub async fn run(config: &Config, req: &Request) -> Result<Report, ReportError> 
     let (server, version) = Server::first_answering(ch)
         .await
         .map_err(|(urls, message)| ReportError::Unreachable { urls, message })?;
-    let rollup = crate::schema::applied_rollup(&server, version, &ch.database, &ch.table).await;
+    let rollup = match req.from {
+        From::Raw => None,
+        From::Auto | From::Rollups => {
+            crate::schema::applied_rollup(&server, version, &ch.database, &ch.table).await
+        }
+    };
     let from = match &rollup {
         Some(r) => Source::rollup(&ch.database, r),
+        None if req.from == From::Rollups => {
+            return Err(ReportError::NoRollups(format!(
+                "{}.{}",
+                ch.database, ch.table
+            )));
+        }
         None => Source::raw(&ch.database, &ch.table),
     };
     let table = &from.table;

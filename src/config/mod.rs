@@ -307,6 +307,41 @@ timeout = "30s"
     }
 
     #[test]
+    fn schema_retentions_are_whole_days() {
+        let base = "[clickhouse]\nurl = \"http://127.0.0.1:8123\"\n[[source]]\npaths = [\"/var/log/a/*.jsonl\"]\n";
+        let c = Config::parse(base).expect("valid");
+        assert_eq!(c.schema.retention_days, None);
+        assert_eq!(c.schema.heartbeat_retention_days, 28);
+        let c = Config::parse(&format!(
+            "{base}[schema]\nretention = \"90d\"\nheartbeat_retention = \"2weeks\"\nmigrations_dir = \"/etc/chtail/migrations\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.schema.retention_days, Some(90));
+        assert_eq!(c.schema.heartbeat_retention_days, 14);
+        assert_eq!(
+            c.schema.migrations_dir.as_deref(),
+            Some(Path::new("/etc/chtail/migrations"))
+        );
+        let problems = Config::parse(&format!(
+            "{base}[schema]\nretention = \"36h\"\nheartbeat_retention = \"90x\"\nmigrations_dir = \"rel\"\nretension = 1\n"
+        ))
+        .unwrap_err();
+        let said: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.key.clone(), p.line)).collect();
+        assert_eq!(
+            said,
+            vec![
+                ("schema.retention".to_string(), Some(6)),
+                ("schema.heartbeat_retention".to_string(), Some(7)),
+                ("schema.migrations_dir".to_string(), Some(8)),
+                ("schema.retension".to_string(), Some(9)),
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("whole number of days"));
+    }
+
+    #[test]
     fn exclude_and_start_at() {
         let base = "[clickhouse]\nurl = \"http://127.0.0.1:8123\"\n[[source]]\npaths = [\"/var/log/a/*.jsonl\"]\n";
         let c = Config::parse(&format!(

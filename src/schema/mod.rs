@@ -181,6 +181,8 @@ struct Survey {
     migrations: Vec<Migration>,
     records: BTreeMap<u32, Record>,
     record_table: bool,
+    /// `[heartbeat]` is on and its table does not exist yet.
+    heartbeat_missing: bool,
     ttls: Vec<Ttl>,
 }
 
@@ -324,24 +326,29 @@ async fn survey(config: &Config) -> Result<Survey, SchemaError> {
             }
         }
     }
+    // A table apply creates has no TTL yet.
+    let have = |found: Option<&(String, String)>, expr: &str| match found {
+        Some((_, full)) => ttl_now(Some(full), expr),
+        None if ch.create_table => TtlNow::None,
+        None => TtlNow::NoTable,
+    };
     let mut ttls = vec![Ttl {
         what: "raw events",
         table: table.clone(),
         expr: "parseDateTimeBestEffortOrZero(ts, 'UTC')".into(),
         want: config.schema.retention_days,
-        have: ttl_now(
-            raw.as_ref().map(|(_, full)| full.as_str()),
-            "parseDateTimeBestEffortOrZero(ts, 'UTC')",
-        ),
+        have: have(raw.as_ref(), "parseDateTimeBestEffortOrZero(ts, 'UTC')"),
     }];
+    let mut heartbeat_missing = false;
     if config.heartbeat.enabled {
         let hb = engine_of(&config.heartbeat.table).await.map_err(query)?;
+        heartbeat_missing = hb.is_none();
         ttls.push(Ttl {
             what: "heartbeats",
             table: config.heartbeat.table.clone(),
             expr: "toDateTime(time)".into(),
             want: Some(config.schema.heartbeat_retention_days),
-            have: ttl_now(hb.as_ref().map(|(_, f)| f.as_str()), "toDateTime(time)"),
+            have: have(hb.as_ref(), "toDateTime(time)"),
         });
     }
     // A table chtail cannot give rollups gets no retention from it either
@@ -361,6 +368,7 @@ async fn survey(config: &Config) -> Result<Survey, SchemaError> {
         migrations: list,
         records,
         record_table,
+        heartbeat_missing,
         ttls,
     })
 }
@@ -467,11 +475,7 @@ fn preamble(s: &Survey, config: &Config) -> Vec<String> {
 }
 
 fn heartbeat_table(s: &Survey, config: &Config) -> Option<String> {
-    let missing = s
-        .ttls
-        .iter()
-        .any(|t| t.what == "heartbeats" && t.have == TtlNow::NoTable);
-    (missing && config.clickhouse.create_table)
+    (s.heartbeat_missing && config.clickhouse.create_table)
         .then(|| crate::heartbeat::create_sql(&s.db, &config.heartbeat.table, s.version))
 }
 
@@ -606,14 +610,10 @@ async fn apply(s: &Survey, config: &Config) -> Result<(), SchemaError> {
     if let Some(sql) = heartbeat_table(s, config) {
         run_all(vec![sql], 0, "(the heartbeat table)").await?;
     }
-    // The heartbeat table may have been created just now: its TTL is
-    // judged again.
-    let again = if heartbeat_table(s, config).is_some() {
-        survey(config).await?.ttls
-    } else {
-        Vec::new()
-    };
-    for t in if again.is_empty() { &s.ttls } else { &again } {
+    // The tables may have been created just now: their TTLs are judged
+    // again.
+    let ttls = survey(config).await?.ttls;
+    for t in &ttls {
         if !s.version.has_ttl() {
             if t.want.is_some() {
                 crate::out!("note     retention {}", t.describe(&s.db, s.version));

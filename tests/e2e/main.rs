@@ -16,6 +16,7 @@ mod modern;
 mod network;
 mod operator;
 mod report;
+mod rollups;
 mod rotation;
 mod schema;
 mod service;
