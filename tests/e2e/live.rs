@@ -467,3 +467,200 @@ fn start_at_end_skips_only_the_history_and_an_excluded_file_stays_unread() {
     assert!(dups <= 50_000, "{dups} duplicates");
     assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
 }
+
+// Managed schema while the bot writes (README, "Managed schema"): a
+// history of 110,000 events (50 guilds over 40 days) is shipped, then the
+// bot writes at its pace and `chtail schema apply` runs in the middle of
+// it, creating the rollup's view and backfilling the history while chtail
+// inserts; with `kill`, chtail is also SIGKILLed at random moments. The
+// four dashboard figures from the rollups then equal those from the raw
+// events for every guild, exactly.
+fn rollups_live(ch: &ClickHouse, name: &str, glob: &str, kill: bool) {
+    use crate::rollups::{self, HISTORY_GUILDS};
+    let env = Env::new(ch, name, glob, DEFAULTS);
+    let history_dir = env.tmp.path().join("history");
+    std::fs::create_dir_all(&history_dir).unwrap();
+    let (lines, want) = rollups::history(55);
+    let history = lines.lines().count() as u64;
+    assert!(history >= 100_000);
+    std::fs::write(history_dir.join("history.jsonl"), &lines).unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            "{text}\n[[source]]\npaths = [\"{}/history.jsonl\"]\n",
+            history_dir.display()
+        ),
+    )
+    .unwrap();
+    let table = env.table();
+    let mut chtail = env.start();
+    support::wait_until(SHORT, "the history shipped", || {
+        support::count(ch, &table) >= history
+    });
+
+    let n = BOT_RATE * BOT_SECS;
+    let mut writer = Writer::bot(&env, n, 2 << 20);
+    let config = env.config.clone();
+    let applier = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        let started = Instant::now();
+        let out = rollups::apply(&config);
+        (out, started.elapsed())
+    });
+    let mut kills = 0;
+    let mut peak = 0;
+    let mut rng = support::XorShift(0x2545f4914f6cdd1d);
+    while writer.running() {
+        let until = Instant::now() + Duration::from_millis(1000 + rng.next() % 2000);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+            peak = peak.max(peak_rss_kib(chtail.pid()));
+        }
+        if kill {
+            // Every other kill lands while an insert is in flight: the
+            // server is frozen first, takes the batch when it thaws, and
+            // the replay on the next start is a duplicate to drop.
+            let frozen = kills % 2 == 1;
+            if frozen {
+                ch.freeze();
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            chtail.kill9();
+            if frozen {
+                ch.thaw();
+            }
+            kills += 1;
+            std::thread::sleep(Duration::from_millis(500));
+            chtail = env.start();
+        }
+    }
+    let rate = writer.finish();
+    let (applied, took) = applier.join().unwrap();
+    assert!(
+        applied.contains("applied  0002 daily_rollup_view"),
+        "{applied}"
+    );
+
+    // Every bot event (ts at 10:00:00.<seq>) and the history.
+    let bot_rows = || -> std::collections::HashMap<u64, u64> {
+        ch.query(&format!(
+            "SELECT substring(ts, 21, 6), count() FROM {table} \
+             WHERE ts LIKE '2026-11-22T10:00:00.%' GROUP BY ts"
+        ))
+        .lines()
+        .filter_map(|l| {
+            let (s, c) = l.split_once('\t')?;
+            Some((s.parse().ok()?, c.parse().ok()?))
+        })
+        .collect()
+    };
+    support::wait_until(SHORT, "every bot event", || bot_rows().len() as u64 == n);
+    peak = peak.max(peak_rss_kib(chtail.pid()));
+    let status = chtail.terminate(SHORT);
+    assert!(status.success(), "chtail log:\n{}", chtail.logs());
+    let got = bot_rows();
+    let dups: u64 = got.values().map(|c| c - 1).sum();
+    let lost = n - got.len() as u64;
+    let total = support::count(ch, &table);
+    let rolled = ch.number(&format!("SELECT sum(events) FROM {}_daily", table));
+    let guilds: Vec<String> = (0..7)
+        .map(|g| g.to_string())
+        .chain((0..HISTORY_GUILDS).map(|g| (1000 + g).to_string()))
+        .collect();
+    let compared = rollups::rollups_equal_raw(&env.config, guilds);
+    // Batches in flight at a kill, sent again on the next start; those the
+    // server had committed were dropped as duplicates, by the table and
+    // (the rollup equal to the table shows it) by the view.
+    let replays = chtail
+        .logs()
+        .matches("re-sending the batch that was in flight")
+        .count();
+    let dropped = if ch.is_modern() {
+        ch.number("SELECT sum(value) FROM system.events WHERE event = 'DuplicatedInsertedBlocks'")
+    } else {
+        0
+    };
+    println!(
+        "{name}: {replays} interrupted batches re-sent, {dropped} blocks dropped as duplicates"
+    );
+    for line in applied
+        .lines()
+        .filter(|l| l.contains("the view was created"))
+    {
+        println!("{name}: schema apply: {}", line.trim());
+    }
+    if kill && ch.is_modern() {
+        assert!(
+            replays >= 1 && dropped >= 1,
+            "no kill interrupted an insert"
+        );
+    }
+    println!(
+        "{name} (glob {glob}): history {history} events + {n} written at {rate:.0}/s, schema apply \
+         in {:.2} s while chtail inserted, kill -9 x{kills}: {lost} lost, {dups} duplicated, \
+         {total} rows raw, {rolled} events in the rollup; the four figures equal for {compared} \
+         guilds; peak RSS {peak} KiB",
+        took.as_secs_f64()
+    );
+    assert_eq!(lost, 0, "chtail log:\n{}", chtail.logs());
+    assert_eq!(
+        rolled, total,
+        "the rollup counts every row of the table, once"
+    );
+    if ch.is_modern() {
+        assert_eq!(dups, 0, "the modern server deduplicates every replay");
+        assert_eq!(total, history + n);
+    } else {
+        assert!(
+            dups <= kills * 50_000,
+            "duplicates beyond what was in flight"
+        );
+    }
+    if total - dups == history + n {
+        for (g, w) in &want {
+            rollups::matches_history(&rollups::report(&env.config, g, "rollups"), w);
+        }
+    }
+    assert!(
+        rate >= BOT_RATE as f64 * 0.5,
+        "the writer reached only {rate:.0} events/s: not the bot's pace"
+    );
+    if kill {
+        assert!(kills >= 5, "the writer finished too soon to test anything");
+    }
+    assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
+}
+
+#[test]
+fn rollups_backfilled_while_the_bot_writes_live_name_only() {
+    let _one = one_at_a_time();
+    rollups_live(shared(), "live_rollups_narrow", "events.jsonl", false);
+}
+
+#[test]
+fn modern_server_rollups_backfilled_while_the_bot_writes_rotated_names_too() {
+    let _one = one_at_a_time();
+    let ch = ClickHouse::modern("");
+    rollups_live(&ch, "live_rollups_modern_wide", "events.jsonl*", false);
+}
+
+#[test]
+fn modern_server_rollups_exactly_once_with_kill_9_live_name_only() {
+    let _one = one_at_a_time();
+    let ch = ClickHouse::modern("");
+    rollups_live(&ch, "live_rollups_modern_kill", "events.jsonl", true);
+}
+
+#[test]
+fn modern_server_rollups_exactly_once_with_kill_9_rotated_names_too() {
+    let _one = one_at_a_time();
+    let ch = ClickHouse::modern("");
+    rollups_live(&ch, "live_rollups_modern_kill_wide", "events.jsonl*", true);
+}
+
+#[test]
+fn rollups_inherit_the_duplicates_of_18_16_with_kill_9() {
+    let _one = one_at_a_time();
+    rollups_live(shared(), "live_rollups_kill", "events.jsonl", true);
+}
