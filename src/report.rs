@@ -125,46 +125,23 @@ pub async fn run(config: &Config, req: &Request) -> Result<Report, ReportError> 
         }
         None => Source::raw(&ch.database, &ch.table),
     };
-    let table = &from.table;
-    let (count, micros) = (from.count, from.micros);
-    let q = |sql: String| {
+    let sql = Queries::new(&from, guild, req.days, req.limit);
+    let q = |sql: &str| {
         let server = server.clone();
+        let sql = sql.to_string();
         async move { server.text(&sql, &[]).await.map_err(query_error) }
     };
-    let of_guild = format!("guild_id = '{guild}'");
-    let any = q(format!("SELECT {count} FROM {table} WHERE {of_guild}")).await?;
+    let any = q(&sql.events).await?;
     if matches!(any.trim(), "0" | "") {
         return Err(ReportError::UnknownGuild {
             guild: guild.to_string(),
             table: format!("{}.{}", ch.database, ch.table),
         });
     }
-    let per_day = q(format!(
-        "SELECT {day}, {count} FROM {table} \
-         WHERE {of_guild} AND event = 'interaction' \
-         AND day > toDate(now(), 'UTC') - {days} AND day <= toDate(now(), 'UTC') \
-         GROUP BY day ORDER BY day",
-        day = from.day,
-        days = req.days
-    ))
-    .await?;
-    let commands = format!("{of_guild} AND event = 'app_command'");
-    let top = q(format!(
-        "SELECT command, {count} AS n FROM {table} WHERE {commands} \
-         GROUP BY command ORDER BY n DESC, command LIMIT {}",
-        req.limit.unwrap_or(10)
-    ))
-    .await?;
-    let stats = q(format!(
-        "SELECT command, {count} AS n, {micros} FROM {table} WHERE {commands} \
-         GROUP BY command ORDER BY n DESC, command LIMIT {}",
-        req.limit.unwrap_or(50)
-    ))
-    .await?;
-    let overall = q(format!(
-        "SELECT {count}, {micros} FROM {table} WHERE {commands}"
-    ))
-    .await?;
+    let per_day = q(&sql.per_day).await?;
+    let top = q(&sql.top).await?;
+    let stats = q(&sql.commands).await?;
+    let overall = q(&sql.overall).await?;
     let rows = |text: &str| -> Vec<Vec<String>> {
         text.lines()
             .filter(|l| !l.is_empty())
@@ -208,6 +185,61 @@ pub async fn run(config: &Config, req: &Request) -> Result<Report, ReportError> 
             .collect(),
         avg_duration_ms,
     })
+}
+
+/// The report's statements for one guild: the four figures, and whether
+/// the guild has any events. Public for the rollups' benchmark
+/// (`benches/rollups.rs`), which times them.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pub events: String,
+    pub per_day: String,
+    pub top: String,
+    pub commands: String,
+    pub overall: String,
+}
+
+impl Queries {
+    /// From the raw events of `db`.`table`, or from `rollup` in `db`.
+    pub fn of(db: &str, table: &str, rollup: Option<&str>, guild: &str, days: u32) -> Queries {
+        let from = match rollup {
+            Some(r) => Source::rollup(db, r),
+            None => Source::raw(db, table),
+        };
+        Queries::new(&from, guild, days, None)
+    }
+
+    fn new(from: &Source, guild: &str, days: u32, limit: Option<u32>) -> Queries {
+        let Source {
+            table,
+            count,
+            micros,
+            day,
+            ..
+        } = from;
+        let of_guild = format!("guild_id = '{guild}'");
+        let commands = format!("{of_guild} AND event = 'app_command'");
+        Queries {
+            events: format!("SELECT {count} FROM {table} WHERE {of_guild}"),
+            per_day: format!(
+                "SELECT {day}, {count} FROM {table} \
+                 WHERE {of_guild} AND event = 'interaction' \
+                 AND day > toDate(now(), 'UTC') - {days} AND day <= toDate(now(), 'UTC') \
+                 GROUP BY day ORDER BY day"
+            ),
+            top: format!(
+                "SELECT command, {count} AS n FROM {table} WHERE {commands} \
+                 GROUP BY command ORDER BY n DESC, command LIMIT {}",
+                limit.unwrap_or(10)
+            ),
+            commands: format!(
+                "SELECT command, {count} AS n, {micros} FROM {table} WHERE {commands} \
+                 GROUP BY command ORDER BY n DESC, command LIMIT {}",
+                limit.unwrap_or(50)
+            ),
+            overall: format!("SELECT {count}, {micros} FROM {table} WHERE {commands}"),
+        }
+    }
 }
 
 /// Where the four figures are read from, and how.
