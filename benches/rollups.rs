@@ -87,8 +87,8 @@ fn main() {
         let count = chunk.min(n - start);
         ch.query(&format!(
             "INSERT INTO {db}.argus_events \
-             SELECT concat(formatDateTime(toDateTime(now() - (cityHash64(number, 1) % (365 * 86400))), \
-                    '%Y-%m-%dT%H:%M:%S', 'UTC'), '.', substring(toString(1000000 + number % 1000000), 2), '+00:00'), \
+             SELECT concat(replaceOne(toString(toDateTime(now() - (cityHash64(number, 1) % (365 * 86400))), 'UTC'), ' ', 'T'), \
+                    '.', substring(toString(1000000 + number % 1000000), 2), '+00:00'), \
                     if(number % 3 = 0, 'interaction', 'app_command'), \
                     toString(if(cityHash64(number, 2) % 10 < 3, 1000, 1000 + cityHash64(number, 2) % 100)), \
                     if(number % 3 = 0, 'application_command', ''), \

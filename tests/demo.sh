@@ -4,8 +4,9 @@
 #   CHTAIL_DEMO_URL=http://127.0.0.1:8123 tests/demo.sh   # uses yours
 # It builds chtail, writes events the way the bot does (Python logging with
 # a RotatingFileHandler, so the demo rotates files while chtail reads them),
-# runs chtail, shows the rows and a per-command summary, stops chtail with
-# SIGTERM, and shows `chtail status`.
+# runs chtail, shows the rows and a guild's report, applies the managed
+# schema (the daily rollup) and shows the same report from the rollups,
+# stops chtail with SIGTERM, and shows `chtail status`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -131,18 +132,24 @@ curl -s "http://127.0.0.1:$metrics_port/ready"
 curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -E '^chtail_(rows_inserted_total|quarantined_total|lag_bytes|event_delay_seconds_count) '
 
 echo
-echo "== interaction volume per day, guild 111, last 7 days"
-q "SELECT toDate(parseDateTimeBestEffort(ts)) AS day, count() FROM chtail_demo.argus_events
-   WHERE event = 'interaction' AND guild_id = '111' AND parseDateTimeBestEffort(ts) >= now() - INTERVAL 7 DAY
-   GROUP BY day ORDER BY day FORMAT PrettyCompact"
-echo "== top commands of guild 222"
-q "SELECT command, count() AS uses FROM chtail_demo.argus_events
-   WHERE event = 'app_command' AND guild_id = '222' GROUP BY command ORDER BY uses DESC LIMIT 5 FORMAT PrettyCompact"
-echo "== per-command count and average duration"
-q "SELECT command, count() AS n, round(avg(duration_ms), 1) AS avg_ms FROM chtail_demo.argus_events
-   WHERE event = 'app_command' GROUP BY command ORDER BY n DESC FORMAT PrettyCompact"
-echo "== overall average duration"
-q "SELECT round(avg(duration_ms), 1) AS avg_ms FROM chtail_demo.argus_events WHERE event = 'app_command' FORMAT PrettyCompact"
+echo "== the dashboards' four figures for guild 111, from the raw events"
+"$chtail" report --config "$work/chtail.toml" --guild 111 --days 7 --limit 3 --from raw
+
+echo
+echo "== chtail schema plan (the SQL apply would run; it changes nothing)"
+"$chtail" schema plan --config "$work/chtail.toml" | head -n 24
+echo "   ..."
+echo "== chtail schema apply (chtail keeps running)"
+"$chtail" schema apply --config "$work/chtail.toml"
+echo "== chtail schema status"
+"$chtail" schema status --config "$work/chtail.toml"
+echo
+echo "== the same report, now read from the rollups"
+"$chtail" report --config "$work/chtail.toml" --guild 111 --days 7 --limit 3
+for g in 111 222 333; do
+  diff <("$chtail" report --config "$work/chtail.toml" --guild $g --json --from raw | grep -v '"source"') \
+       <("$chtail" report --config "$work/chtail.toml" --guild $g --json --from rollups | grep -v '"source"')
+done && echo "guilds 111, 222, 333: the rollups give exactly the raw events' figures"
 
 echo "== stopping chtail (SIGTERM drains and commits)"
 kill -TERM "$chtail_pid"
