@@ -10,7 +10,8 @@
 //! is running, every event is either in a listed part (written before the
 //! view: the backfill counts it) or in a later one (written through the
 //! view); otherwise the view is dropped, the rollup emptied, and the moment
-//! sought again. The rollup is read only once the migration is recorded,
+//! sought again. Merges start again as soon as the backfill reads (it
+//! holds its parts from then on). The rollup is read only once the migration is recorded,
 //! so emptying it loses nothing, and a failure anywhere leaves a state
 //! that `apply` starts again from the top.
 
@@ -45,7 +46,8 @@ pub(crate) fn describe(r: &Rollup) -> Vec<String> {
             r.create_view()
         ),
         format!(
-            "-- the parts listed before the view (with insert_deduplicate = 0):\n{}",
+            "-- the parts listed before the view (with insert_deduplicate = 0); merges start again\n\
+             -- once it reads (its parts are its own by then):\n{}",
             r.backfill("<the parts listed before the view>")
         ),
         format!("SYSTEM START MERGES {}", r.q(&r.table)),
@@ -99,10 +101,15 @@ async fn fence_and_fill(server: &Server, r: &Rollup) -> Result<u32, Failed> {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let sql = r.backfill(&list);
-                server
-                    .text_within(&sql, &[("insert_deduplicate", "0")], BACKFILL_LIMIT)
-                    .await
-                    .map_err(|f| Failed::new(&sql, f.message))?;
+                let fill = server.text_within(&sql, &[("insert_deduplicate", "0")], BACKFILL_LIMIT);
+                // Merges start again as soon as the backfill reads: its
+                // parts are then its own (a merge leaves them to it), and a
+                // long backfill does not pile up the bot's parts.
+                let filled = tokio::select! {
+                    filled = fill => filled,
+                    never = merges_once_reading(server, r) => match never {},
+                };
+                filled.map_err(|f| Failed::new(&sql, f.message))?;
             }
             return Ok(attempt);
         }
@@ -124,6 +131,24 @@ async fn fence_and_fill(server: &Server, r: &Rollup) -> Result<u32, Failed> {
             r.q(&r.table)
         ),
     ))
+}
+
+/// Starts the table's merges again once the backfill has read its first
+/// rows; never returns.
+async fn merges_once_reading(server: &Server, r: &Rollup) -> std::convert::Infallible {
+    let reading = format!(
+        "SELECT count() FROM system.processes WHERE read_rows > 0 \
+         AND position(query, 'INSERT INTO {}') = 1",
+        r.q(&r.rollup)
+    );
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if number(server, &reading).await.is_ok_and(|n| n > 0) {
+            let _ = exec(server, &format!("SYSTEM START MERGES {}", r.q(&r.table))).await;
+            tracing::debug!("the backfill reads; merges of {} started again", r.table);
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Waits until no INSERT into the table is running.
