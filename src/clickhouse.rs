@@ -606,7 +606,7 @@ fn tls_config(cfg: &config::ClickHouse) -> Result<rustls::ClientConfig, String> 
         .map_err(|e| format!("TLS setup: {e}"))
 }
 
-fn unescape_tsv(s: &str) -> String {
+pub(crate) fn unescape_tsv(s: &str) -> String {
     if !s.contains('\\') {
         return s.to_string();
     }

@@ -237,11 +237,7 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         sqls: plan.tables.iter().map(|t| t.sql.clone()).collect(),
         natives: plan.tables.iter().map(|t| t.native.clone()).collect(),
         dedup_tokens: version.has_dedup_token(),
-        distributed: plan
-            .tables
-            .iter()
-            .map(|t| t.distributed.is_some())
-            .collect(),
+        distributed: plan.tables.iter().map(|t| t.sync_insert).collect(),
         version,
         ledger,
         state_dir: state_dir.clone(),

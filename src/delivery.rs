@@ -109,7 +109,10 @@ pub(crate) async fn engine(
         return None;
     }
     let (engine, full) = row.split_once('\t').unwrap_or((row, ""));
-    Some((engine.to_string(), full.to_string()))
+    Some((
+        crate::clickhouse::unescape_tsv(engine),
+        crate::clickhouse::unescape_tsv(full),
+    ))
 }
 
 /// Whether a retried batch is recognised by this server and table, and

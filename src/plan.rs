@@ -16,8 +16,10 @@ pub(crate) struct Table {
     pub sql: String,
     /// How the rows go as Native blocks; `None`: as RowBinary (`sql`).
     pub native: Option<Arc<Native>>,
-    /// A `Distributed` table: inserted into synchronously.
+    /// A `Distributed` table's definition, as far as chtail reads it.
     pub distributed: Option<crate::delivery::Distributed>,
+    /// A `Distributed` table, read or not: inserted into synchronously.
+    pub sync_insert: bool,
 }
 
 pub(crate) struct Plan {
@@ -124,18 +126,20 @@ pub(crate) async fn prepare(
                     })
                 });
                 let sql = schema.insert_sql(&ch.database, name, false);
-                let distributed = match crate::delivery::engine(server, &ch.database, name).await {
-                    Some((engine, full)) if engine == "Distributed" => {
-                        crate::delivery::Distributed::parse(&full)
-                    }
-                    _ => None,
-                };
+                let (sync_insert, distributed) =
+                    match crate::delivery::engine(server, &ch.database, name).await {
+                        Some((engine, full)) if engine == "Distributed" => {
+                            (true, crate::delivery::Distributed::parse(&full))
+                        }
+                        _ => (false, None),
+                    };
                 tables.push(Table {
                     name: name.to_string(),
                     schema: Arc::new(schema),
                     sql,
                     native,
                     distributed,
+                    sync_insert,
                 });
             }
             Err(bad) => problems.extend(bad.iter().map(|u| format!("table {full}: {u}"))),

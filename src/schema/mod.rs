@@ -261,15 +261,17 @@ async fn survey(config: &Config) -> Result<Survey, SchemaError> {
     let table = ch.table.clone();
     let engine_of = |name: &str| {
         let server = server.clone();
-        let sql = format!(
-            "SELECT engine, engine_full FROM system.tables WHERE database = '{db}' AND name = '{name}'"
-        );
+        let (db, name) = (db.clone(), name.to_string());
         async move {
-            let text = server.text(&sql, &[]).await?;
-            Ok::<_, crate::clickhouse::Failure>(text.lines().next().map(|l| {
-                let (e, full) = l.split_once('\t').unwrap_or((l, ""));
-                (e.to_string(), full.replace("\\'", "'"))
-            }))
+            // Asked twice: `engine` takes a failed query for a missing table.
+            let exists = server
+                .text(&format!("EXISTS TABLE `{db}`.`{name}`"), &[])
+                .await?;
+            Ok::<_, crate::clickhouse::Failure>(if exists.trim() == "1" {
+                delivery::engine(&server, &db, &name).await
+            } else {
+                None
+            })
         }
     };
     let raw = engine_of(&table).await.map_err(query)?;
