@@ -31,6 +31,9 @@ pub(crate) use migrations::ROLLUP_VIEW_VERSION;
 /// Where applied migrations are recorded, in `clickhouse.database`.
 pub const RECORD_TABLE: &str = "chtail_schema_migrations";
 
+/// Exists while an `apply` runs: only one can create it.
+const LOCK_TABLE: &str = "chtail_schema_lock";
+
 /// The `schema` subcommands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -77,16 +80,25 @@ pub enum SchemaError {
         message: String,
     },
     #[error("{0}")]
+    Locked(String),
+    #[error(
+        "stopped by a signal: the table's merges run and the lock is released; `chtail schema apply` finishes what was left"
+    )]
+    Interrupted,
+    #[error("{0}")]
     Query(String),
 }
 
 impl SchemaError {
     /// 65 (EX_DATAERR) for a bad or changed migration file, 69
-    /// (EX_UNAVAILABLE) when no server answers, 1 otherwise.
+    /// (EX_UNAVAILABLE) when no server answers, 75 (EX_TEMPFAIL) while
+    /// another apply runs, 130 after SIGINT or SIGTERM, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             SchemaError::Files(_) | SchemaError::Changed(_) => 65,
             SchemaError::Unreachable { .. } => 69,
+            SchemaError::Locked(_) => 75,
+            SchemaError::Interrupted => 130,
             SchemaError::Failed { .. } | SchemaError::Query(_) => 1,
         }
     }
@@ -233,6 +245,16 @@ enum State<'a> {
 
 /// Runs `action` and prints its report to stdout.
 pub async fn run(config: &Config, action: Action) -> Result<(), SchemaError> {
+    // Before anything else, so that a signal is never the default death
+    // while apply holds the lock or has stopped merges.
+    let signals = if action == Action::Apply {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| SchemaError::Query(format!("cannot watch for SIGTERM: {e}")))?,
+        )
+    } else {
+        None
+    };
     let survey = survey(config).await?;
     match action {
         Action::Status => {
@@ -247,7 +269,7 @@ pub async fn run(config: &Config, action: Action) -> Result<(), SchemaError> {
             print_plan(&survey, config);
             Ok(())
         }
-        Action::Apply => apply(&survey, config).await,
+        Action::Apply => apply(&survey, config, signals).await,
     }
 }
 
@@ -541,11 +563,91 @@ fn print_plan(s: &Survey, config: &Config) {
     }
 }
 
-async fn apply(s: &Survey, config: &Config) -> Result<(), SchemaError> {
+async fn apply(
+    s: &Survey,
+    config: &Config,
+    term: Option<tokio::signal::unix::Signal>,
+) -> Result<(), SchemaError> {
     let changed = s.changed();
     if !changed.is_empty() {
         return Err(SchemaError::Changed(changed.join("\n")));
     }
+    let Some(mut term) = term else {
+        return Err(SchemaError::Query(
+            "apply without its signal handler".into(),
+        ));
+    };
+    let held = std::cell::Cell::new(false);
+    let work = async {
+        lock(s).await?;
+        held.set(true);
+        apply_locked(s, config).await
+    };
+    let result = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(SchemaError::Interrupted),
+        _ = term.recv() => Err(SchemaError::Interrupted),
+    };
+    if !held.get() {
+        return result;
+    }
+    if matches!(result, Err(SchemaError::Interrupted)) {
+        // A backfill stops the table's merges; they must not stay stopped.
+        // (A backfill query already running finishes on the server; the
+        // next apply waits for it, as for any INSERT, and starts over.)
+        let _ = s
+            .server
+            .text(&format!("SYSTEM START MERGES {}", s.q(&s.table)), &[])
+            .await;
+    }
+    let _ = s
+        .server
+        .text(&format!("DROP TABLE IF EXISTS {}", s.q(LOCK_TABLE)), &[])
+        .await;
+    result
+}
+
+/// Takes the apply lock: a table only one apply can create, holding who
+/// and since when. A lock left by an apply that was killed is named, with
+/// how to remove it.
+async fn lock(s: &Survey) -> Result<(), SchemaError> {
+    let query = |f: crate::clickhouse::Failure| SchemaError::Query(f.message);
+    if s.db != "default" {
+        let sql = format!("CREATE DATABASE IF NOT EXISTS `{}`", s.db);
+        s.server.text(&sql, &[]).await.map_err(query)?;
+    }
+    let lock = s.q(LOCK_TABLE);
+    let create = format!("CREATE TABLE {lock} (holder String, since DateTime) ENGINE = TinyLog");
+    match s.server.text(&create, &[]).await {
+        Ok(_) => {
+            let holder = format!(
+                "chtail {} on {}, pid {}",
+                env!("CARGO_PKG_VERSION"),
+                crate::tail::host_name(),
+                std::process::id()
+            )
+            .replace(['\'', '\\'], "");
+            let sql = format!("INSERT INTO {lock} (holder, since) SELECT '{holder}', now()");
+            s.server.text(&sql, &[]).await.map_err(query)?;
+            Ok(())
+        }
+        Err(f) if f.code == Some(57) => {
+            let held = s
+                .server
+                .text(&format!("SELECT holder, toString(since) FROM {lock}"), &[])
+                .await
+                .unwrap_or_default();
+            Err(SchemaError::Locked(format!(
+                "another `chtail schema apply` holds the lock ({}): table {}.{LOCK_TABLE}; if none runs (one was killed), DROP TABLE {lock} and apply again",
+                held.trim().replace('\t', ", since "),
+                s.db
+            )))
+        }
+        Err(f) => Err(query(f)),
+    }
+}
+
+async fn apply_locked(s: &Survey, config: &Config) -> Result<(), SchemaError> {
     // The default table's LowCardinality columns need the switch on 18.x.
     let settings: &[(&str, &str)] = if s.version.low_cardinality_is_experimental() {
         &[("allow_experimental_low_cardinality_type", "1")]

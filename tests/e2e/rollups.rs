@@ -402,8 +402,62 @@ fn migrations_on(ch: &ClickHouse, name: &str) {
     std::fs::write(&own, original).unwrap();
     assert!(apply(&env.config).contains("nothing to do"));
 
+    // One apply at a time: a lock left by a killed one is named.
+    ch.query(&format!(
+        "CREATE TABLE {db}.chtail_schema_lock (holder String, since DateTime) ENGINE = TinyLog"
+    ));
+    ch.query(&format!(
+        "INSERT INTO {db}.chtail_schema_lock SELECT 'chtail on elsewhere, pid 7', now()"
+    ));
+    let (code, _, err) = schema(&env.config, "apply");
+    assert_eq!(code, 75, "{err}");
+    assert!(
+        err.contains("holds the lock (chtail on elsewhere, pid 7")
+            && err.contains(&format!("DROP TABLE `{db}`.`chtail_schema_lock`")),
+        "{err}"
+    );
+    ch.query(&format!("DROP TABLE {db}.chtail_schema_lock"));
+
     // A backfill that died half-way: apply starts it again from the top.
     interrupt_the_backfill(ch, db);
+
+    // SIGTERM while apply waits for a quiet moment (an INSERT that runs
+    // for 3 s and inserts nothing): it stops, starts the merges again and
+    // leaves no lock.
+    let sleeper = {
+        let url = ch.url();
+        let password = ch.password();
+        let sql = format!(
+            "INSERT INTO {db}.argus_events SELECT '', '', '', '', '', 0 FROM numbers(1) WHERE sleep(3) != 0"
+        );
+        std::thread::spawn(move || {
+            let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+            let _ = support::http_post(port, "/", sql.as_bytes(), &password);
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let applying = std::process::Command::new(env!("CARGO_BIN_EXE_chtail"))
+        .args(["schema", "apply", "--config"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    std::process::Command::new("kill")
+        .args(["-TERM", &applying.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = applying.wait_with_output().unwrap();
+    sleeper.join().unwrap();
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    assert_eq!(
+        ch.number(&format!("EXISTS TABLE {db}.chtail_schema_lock")),
+        0,
+        "the lock is left"
+    );
     let (_, status, _) = schema(&env.config, "status");
     assert!(
         status.contains("pending  0002 daily_rollup_view"),
