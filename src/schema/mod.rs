@@ -133,6 +133,9 @@ enum TtlNow {
     Days(u32),
     /// A TTL chtail did not write: left alone.
     Other(String),
+    /// A table chtail's own migrations do not fit: its `ts` may not be the
+    /// bot's, so chtail sets no TTL on it.
+    NotManaged,
 }
 
 impl Ttl {
@@ -140,7 +143,7 @@ impl Ttl {
     fn statement(&self, db: &str) -> Option<String> {
         let t = format!("`{db}`.`{}`", self.table);
         match (&self.have, self.want) {
-            (TtlNow::NoTable | TtlNow::Other(_), _) => None,
+            (TtlNow::NoTable | TtlNow::Other(_) | TtlNow::NotManaged, _) => None,
             (TtlNow::Days(d), Some(w)) if *d == w => None,
             (_, Some(w)) => Some(format!(
                 "ALTER TABLE {t} MODIFY TTL {} + INTERVAL {w} DAY",
@@ -157,6 +160,10 @@ impl Ttl {
         match (&self.have, self.want) {
             (_, Some(_)) if !version.has_ttl() => format!(
                 "{}: not possible on ClickHouse {version}, which has no TTL (19.6 and later have); {t} keeps every row until deleted by hand, e.g. ALTER TABLE {t} DELETE WHERE …",
+                self.what
+            ),
+            (TtlNow::NotManaged, Some(w)) => format!(
+                "{}: {w} days wanted, but chtail sets retention only on a table its own migrations fit (see the note above); {t} keeps its rows",
                 self.what
             ),
             (TtlNow::NoTable, Some(w)) => {
@@ -378,8 +385,7 @@ async fn survey(config: &Config) -> Result<Survey, SchemaError> {
     // A table chtail cannot give rollups gets no retention from it either
     // (its `ts` may not be the bot's).
     if misfit.is_some() {
-        ttls[0].want = None;
-        ttls[0].have = TtlNow::NoTable;
+        ttls[0].have = TtlNow::NotManaged;
     }
     list.sort_by_key(|m| m.version);
     Ok(Survey {
@@ -718,7 +724,7 @@ async fn apply_locked(s: &Survey, config: &Config) -> Result<(), SchemaError> {
     // again.
     let ttls = survey(config).await?.ttls;
     for t in &ttls {
-        if !s.version.has_ttl() {
+        if !s.version.has_ttl() || t.have == TtlNow::NotManaged {
             if t.want.is_some() {
                 crate::out!("note     retention {}", t.describe(&s.db, s.version));
             }

@@ -609,3 +609,53 @@ fn schema_without_a_server_or_with_a_bad_file_says_so() {
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("cannot reach ClickHouse"), "{err}");
 }
+
+/// A table of another shape: chtail's own migrations and its retention are
+/// left out, with the reason; the operator's migrations still run.
+#[test]
+fn a_table_of_another_shape_gets_only_the_operators_migrations() {
+    let ch = shared();
+    let env = Env::new(ch, "schema_other", "events.jsonl", "");
+    let db = &env.database;
+    ch.query(&format!("CREATE DATABASE {db}"));
+    ch.query(&format!(
+        "CREATE TABLE {db}.argus_events (ts String, guild_id String, event String, n UInt32) \
+         ENGINE = MergeTree() ORDER BY ts"
+    ));
+    let dir = env.tmp.path().join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("0100_mine.sql"),
+        format!("CREATE TABLE IF NOT EXISTS {db}.mine (x UInt8) ENGINE = Memory"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            "{text}\n[schema]\nmigrations_dir = \"{}\"\nretention = \"30d\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, status, err) = schema(&env.config, "status");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        status.contains("chtail's own migrations are left out: the table has no column type"),
+        "{status}"
+    );
+    assert!(!status.contains("0001"), "{status}");
+    assert!(status.contains("pending  0100 mine"), "{status}");
+    let out = apply(&env.config);
+    assert!(out.contains("applied  0100 mine"), "{out}");
+    assert_eq!(ch.number(&format!("EXISTS TABLE {db}.mine")), 1);
+    assert_eq!(
+        ch.number(&format!("EXISTS TABLE {db}.argus_events_daily")),
+        0
+    );
+    let report = chtail_cmd(
+        &["report", "--guild", "1", "--from", "rollups"],
+        &env.config,
+    );
+    assert_eq!(report.status.code(), Some(1));
+}
