@@ -484,15 +484,10 @@ fn rollups_live(ch: &ClickHouse, name: &str, glob: &str, kill: bool) {
     let history = lines.lines().count() as u64;
     assert!(history >= 100_000);
     std::fs::write(history_dir.join("history.jsonl"), &lines).unwrap();
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!(
-            "{text}\n[[source]]\npaths = [\"{}/history.jsonl\"]\n",
-            history_dir.display()
-        ),
-    )
-    .unwrap();
+    env.append_config(&format!(
+        "[[source]]\npaths = [\"{}/history.jsonl\"]\n",
+        history_dir.display()
+    ));
     let table = env.table();
     let mut chtail = env.start();
     support::wait_until(SHORT, "the history shipped", || {

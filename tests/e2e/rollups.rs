@@ -240,15 +240,10 @@ fn migrations_on(ch: &ClickHouse, name: &str) {
     } else {
         "retention = \"30d\"\n"
     };
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!(
-            "{text}\n[schema]\nmigrations_dir = \"{}\"\n{retention}",
-            dir.display()
-        ),
-    )
-    .unwrap();
+    env.append_config(&format!(
+        "[schema]\nmigrations_dir = \"{}\"\n{retention}",
+        dir.display()
+    ));
 
     // From empty: what is pending, and a plan that changes nothing.
     let (code, out, err) = schema(&env.config, "status");
@@ -588,12 +583,10 @@ fn schema_without_a_server_or_with_a_bad_file_says_so() {
     let dir = env.tmp.path().join("migrations");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("0005_mine.sql"), "SELECT 1").unwrap();
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{text}\n[schema]\nmigrations_dir = \"{}\"\n", dir.display()),
-    )
-    .unwrap();
+    env.append_config(&format!(
+        "[schema]\nmigrations_dir = \"{}\"\n",
+        dir.display()
+    ));
     let (code, _, err) = schema(&env.config, "status");
     assert_eq!(code, 65, "{err}");
     assert!(
@@ -629,15 +622,10 @@ fn a_table_of_another_shape_gets_only_the_operators_migrations() {
         format!("CREATE TABLE IF NOT EXISTS {db}.mine (x UInt8) ENGINE = Memory"),
     )
     .unwrap();
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!(
-            "{text}\n[schema]\nmigrations_dir = \"{}\"\nretention = \"30d\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
+    env.append_config(&format!(
+        "[schema]\nmigrations_dir = \"{}\"\nretention = \"30d\"\n",
+        dir.display()
+    ));
     let (code, status, err) = schema(&env.config, "status");
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -526,6 +526,12 @@ dir = "{state}"
         format!("{}.argus_events", self.database)
     }
 
+    /// Appends `text` (whole sections) to the config.
+    pub(crate) fn append_config(&self, text: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{config}\n{text}")).unwrap();
+    }
+
     pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.logs.join(name)
     }
