@@ -9,7 +9,7 @@
 //! again (the rows depend only on the bytes and the config), and re-sent
 //! under the recorded token, so the server drops them if it had them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -45,10 +45,18 @@ pub(crate) fn interrupted_batch(
         .flat_map(|s| s.paths.clone())
         .collect();
     let mut batch = Batch::default();
+    // Each file is looked for once: a batch can hold thousands of chunks
+    // of one file, and a file that is gone must not be sought for each.
+    let mut found: HashMap<FileId, Option<(PathBuf, File)>> = HashMap::new();
     for range in pending {
         let entry = checkpoints.get(range.file).cloned()?;
-        let chunk = match locate(&entry, &patterns) {
-            None => Err("no file with its identity in the sources' directories".to_string()),
+        let located = found
+            .entry(range.file)
+            .or_insert_with(|| locate(&entry, &patterns))
+            .as_ref()
+            .and_then(|(path, file)| Some((path.clone(), file.try_clone().ok()?)));
+        let chunk = match located {
+            None => Err(missing(&entry, &patterns)),
             Some((path, file)) => {
                 let source = source_near(sources, Some(&entry.path), &path);
                 if batch
@@ -167,6 +175,29 @@ fn locate(entry: &FileState, patterns: &[String]) -> Option<(PathBuf, File)> {
         }
     }
     None
+}
+
+/// Why a file was not found: whether a file with its inode is there at
+/// all (then its first bytes differ from those fingerprinted).
+fn missing(entry: &FileState, patterns: &[String]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dirs: HashSet<PathBuf> = patterns.iter().map(|p| literal_dir(p)).collect();
+    for dir in &dirs {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata()
+                && m.dev() == entry.identity.dev
+                && m.ino() == entry.identity.ino
+            {
+                return format!(
+                    "{} has its inode but not its first {} bytes (size {})",
+                    e.path().display(),
+                    entry.identity.fp_len,
+                    m.len()
+                );
+            }
+        }
+    }
+    "no file with its identity in the sources' directories".into()
 }
 
 /// How often, and how far apart, a file of an interrupted batch is looked

@@ -583,6 +583,12 @@ async fn apply(
             "apply without its signal handler".into(),
         ));
     };
+    if s.pending()
+        .any(|m| matches!(m.body, Body::ViewAndBackfill(_)))
+        && let Some(why) = replay_pending(config)
+    {
+        return Err(SchemaError::Locked(why));
+    }
     let held = std::cell::Cell::new(false);
     let work = async {
         lock(s).await?;
@@ -611,6 +617,27 @@ async fn apply(
         .text(&format!("DROP TABLE IF EXISTS {}", s.q(LOCK_TABLE)), &[])
         .await;
     result
+}
+
+/// Whether a stopped chtail has a batch to re-send (README, "Exactly
+/// once"). Such a batch, if the server had it before the view existed, is
+/// dropped by the table when re-sent but counted by the new view, on top
+/// of the backfill: the view must come after the re-send. A running chtail
+/// re-sends before it reads anything, and its batch in flight is what the
+/// backfill's fence waits for.
+fn replay_pending(config: &Config) -> Option<String> {
+    let dir = &config.state.dir;
+    if !dir.is_dir() || crate::status::daemon_running(config) {
+        return None;
+    }
+    let manifest = crate::checkpoint::Manifest::load(dir)?;
+    let (checkpoints, _) = crate::checkpoint::Checkpoints::load(dir).ok()?;
+    (!manifest.pending(&checkpoints).is_empty()).then(|| {
+        format!(
+            "chtail is stopped with a batch to re-send ({}): start it first (it re-sends that batch before anything else), then apply; a view created before the re-send could count that batch twice",
+            dir.join("inflight.json").display()
+        )
+    })
 }
 
 /// Takes the apply lock: a table only one apply can create, holding who
@@ -775,7 +802,7 @@ pub(crate) async fn rollup_note(
             "{db}.{rollup}: exactly-once, as the table: a batch re-sent after a crash is dropped by the table and by its view (chtail sends deduplicate_blocks_in_dependent_materialized_views = 1; the rollup has its own non_replicated_deduplication_window)"
         ),
         Delivery::AtLeastOnce(why) => format!(
-            "{db}.{rollup}: at-least-once, as the table ({why}): rollups inherit the table's duplicates, so an event inserted twice after a crash (at most the batch in flight) is counted twice in both"
+            "{db}.{rollup}: at-least-once, as the table ({why}): rollups inherit the table's duplicates, so an event inserted twice after a crash (at most the batch in flight) is counted twice in both, and a crash inside an insert can leave them apart by that batch"
         ),
     })
 }
