@@ -39,15 +39,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
     support::peak_rss_kib(pid) as f64 / 1024.0
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// One method's figures in one round.
 #[derive(Clone)]
 struct Run {
@@ -167,7 +158,7 @@ impl Bench {
             .expect("CREATE TABLE");
         settle(&self.ch);
         let server = self.ch.server_pid();
-        let load = loadavg();
+        let load = support::loadavg();
         let server_before = cpu_seconds(server);
         let start = Instant::now();
         let child = if http {
@@ -241,7 +232,7 @@ impl Bench {
         let table = env.table();
         settle(&self.ch);
         let server = self.ch.server_pid();
-        let load = loadavg();
+        let load = support::loadavg();
         let server_before = cpu_seconds(server);
         let start = Instant::now();
         let mut chtail = env.start();

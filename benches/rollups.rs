@@ -21,15 +21,6 @@ use std::time::{Duration, Instant};
 use chtail::report::Queries;
 use support::{ClickHouse, chtail_cmd};
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The best of three runs of `sql`, and its result.
 fn timed(ch: &ClickHouse, sql: &str) -> (Duration, String) {
     let mut best = Duration::MAX;
@@ -78,7 +69,7 @@ fn main() {
     println!(
         "ClickHouse {} on this machine; load average {}",
         version.trim(),
-        loadavg()
+        support::loadavg()
     );
     let t = Instant::now();
     let chunk = 1_000_000;
@@ -153,5 +144,5 @@ fn main() {
             );
         }
     }
-    println!("\nload average after: {}", loadavg());
+    println!("\nload average after: {}", support::loadavg());
 }

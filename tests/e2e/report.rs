@@ -5,13 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::rollups::day;
 use crate::support::{self, ClickHouse, Env, chtail_cmd, expect_rows, shared};
-
-/// One UTC day `back` days before today, as `YYYY-MM-DD`.
-fn day(back: u64) -> String {
-    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(back * 86_400);
-    humantime::format_rfc3339(t).to_string()[..10].to_string()
-}
 
 /// The events of three guilds over 40 days, and what the report must say
 /// about guild 111 for `--days 30`: interactions per day, and per command

@@ -131,9 +131,9 @@ pub(crate) fn rollups_equal_raw(config: &Path, guilds: impl IntoIterator<Item = 
     n
 }
 
-/// The report of a [`history`] guild against what was written.
-pub(crate) fn matches_history(json: &serde_json::Value, want: &Expected) {
-    let days: BTreeMap<String, u64> = json["interactions_per_day"]
+/// A JSON report's interactions per day, in its order.
+fn per_day(json: &serde_json::Value) -> Vec<(String, u64)> {
+    json["interactions_per_day"]
         .as_array()
         .unwrap()
         .iter()
@@ -143,7 +143,12 @@ pub(crate) fn matches_history(json: &serde_json::Value, want: &Expected) {
                 d["count"].as_u64().unwrap(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The report of a [`history`] guild against what was written.
+pub(crate) fn matches_history(json: &serde_json::Value, want: &Expected) {
+    let days: BTreeMap<String, u64> = per_day(json).into_iter().collect();
     // The report counts days up to today: a +02:00 event of today is
     // already today in UTC, and none is in the future.
     assert_eq!(days, want.per_day);
@@ -534,19 +539,8 @@ fn retention_by_ttl_on_the_modern_engine() {
     );
     // The rollups keep what the raw table let go.
     let rolled = report(&env.config, "42", "rollups");
-    let days: Vec<(String, u64)> = rolled["interactions_per_day"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["day"].as_str().unwrap().into(),
-                d["count"].as_u64().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        days,
+        per_day(&rolled),
         vec![(day(100), 5), (day(45), 4), (day(10), 3), (day(0), 2)]
     );
     let hb = ch.query(&format!("SHOW CREATE TABLE {db}.chtail_heartbeat"));

@@ -871,6 +871,17 @@ pub(crate) fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The machine's load averages (1, 5, 15 minutes), for the benchmarks.
+#[allow(dead_code)]
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The peak resident memory of a running process so far (VmHWM), in KiB.
 /// Panics if it cannot be read: a test that cannot observe must not pass.
 /// User + system CPU seconds of a running process. For the benchmarks.
