@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::Batch;
-use crate::checkpoint::{Checkpoints, FileState, Manifest};
+use crate::checkpoint::{Checkpoints, ChunkRange, FileState, Manifest};
 use crate::config::{self, Config};
 use crate::identity::{FileId, Identity};
 use crate::parse::LineMeta;
@@ -45,16 +45,17 @@ pub(crate) fn interrupted_batch(
         .flat_map(|s| s.paths.clone())
         .collect();
     let mut batch = Batch::default();
-    // Each file is looked for once: a batch can hold thousands of chunks
-    // of one file, and a file that is gone must not be sought for each.
-    let mut found: HashMap<FileId, Option<(PathBuf, File)>> = HashMap::new();
-    for range in pending {
+    // Each file is looked for and opened once, and its chunks share that
+    // one descriptor: a batch can hold thousands of one-line chunks of a
+    // file (the live file read as the bot writes it), and one descriptor
+    // per chunk ran out of descriptors (EMFILE) while the file was there.
+    let mut found: HashMap<FileId, Option<(PathBuf, Arc<File>)>> = HashMap::new();
+    for range in contiguous(pending) {
         let entry = checkpoints.get(range.file).cloned()?;
         let located = found
             .entry(range.file)
-            .or_insert_with(|| locate(&entry, &patterns))
-            .as_ref()
-            .and_then(|(path, file)| Some((path.clone(), file.try_clone().ok()?)));
+            .or_insert_with(|| locate(&entry, &patterns).map(|(p, f)| (p, Arc::new(f))))
+            .clone();
         let chunk = match located {
             None => Err(missing(&entry, &patterns)),
             Some((path, file)) => {
@@ -93,7 +94,7 @@ pub(crate) fn interrupted_batch(
 /// first time, into one chunk: the same bytes always give the same rows.
 /// `end` must be a line end. Used to replay a batch after a crash.
 fn reread(
-    file: File,
+    file: Arc<File>,
     (id, identity): (FileId, Identity),
     path: &Path,
     (start, end): (u64, u64),
@@ -133,17 +134,30 @@ fn reread(
         }
     }
     let path: Arc<Path> = Arc::from(path);
-    let handle = Arc::new(file);
     let origin = Origin {
         route: source.route,
         file: id,
         identity,
         path: &path,
-        handle: &handle,
+        handle: &file,
     };
     Ok(builder
         .take_chunk(&origin)
         .unwrap_or_else(|| origin.empty_chunk(start, end)))
+}
+
+/// The ranges of `pending` with each run of adjacent ranges of one file
+/// made one: the same bytes give the same rows however they are cut
+/// (ARCHITECTURE.md, invariant 3), and one read serves the run.
+fn contiguous(pending: Vec<ChunkRange>) -> Vec<ChunkRange> {
+    let mut runs: Vec<ChunkRange> = Vec::with_capacity(pending.len());
+    for r in pending {
+        match runs.last_mut() {
+            Some(last) if last.file == r.file && last.end == r.start => last.end = r.end,
+            _ => runs.push(r),
+        }
+    }
+    runs
 }
 
 /// Finds a checkpointed file again: at its recorded path, or by identity
@@ -204,3 +218,107 @@ fn missing(entry: &FileState, patterns: &[String]) -> String {
 /// for before its bytes are given up on (about 3 s in all).
 const LOCATE_ATTEMPTS: u32 = 30;
 const LOCATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{Encoder, Schema, default_table_columns};
+    use std::io::Write;
+
+    fn open_descriptors() -> usize {
+        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+    }
+
+    // The live file is read as the bot writes it, a line or two per read,
+    // so an interrupted batch can be thousands of chunks of two files in
+    // turn. Each file is opened once for all its chunks: with a descriptor
+    // per chunk, the replay ran out of descriptors and took files that were
+    // there for gone (their rows were then read again by the tailer, and
+    // sent twice).
+    #[test]
+    fn thousands_of_chunks_are_rebuilt_through_one_descriptor_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |file: usize, n: usize| {
+            format!(
+                "{{\"ts\":\"2026-11-22T10:00:00Z\",\"event\":\"e{file}\",\"guild_id\":\"{n}\"}}\n"
+            )
+        };
+        let lines = 3000;
+        let mut checkpoints = Checkpoints::default();
+        let mut ids = Vec::new();
+        let mut offsets = Vec::new();
+        for file in 0..2 {
+            let path = dir.path().join(format!("events{file}.jsonl"));
+            let mut w = File::create(&path).unwrap();
+            let mut ends = vec![0u64];
+            for n in 0..lines {
+                let l = line(file, n);
+                w.write_all(l.as_bytes()).unwrap();
+                ends.push(ends.last().unwrap() + l.len() as u64);
+            }
+            // Rotated since: found again by identity, not by path.
+            let rotated = dir.path().join(format!("events{file}.jsonl.1"));
+            std::fs::rename(&path, &rotated).unwrap();
+            let identity = Identity::of(&File::open(&rotated).unwrap()).unwrap();
+            ids.push(checkpoints.register(identity, &path, 0));
+            offsets.push(ends);
+        }
+        // One line of each file in turn: no two chunks of a file adjacent.
+        let chunks = (0..lines)
+            .flat_map(|n| {
+                (0..2).map({
+                    let offsets = &offsets;
+                    let ids = &ids;
+                    move |f| ChunkRange {
+                        file: ids[f],
+                        start: offsets[f][n],
+                        end: offsets[f][n + 1],
+                    }
+                })
+            })
+            .collect();
+        let manifest = Manifest {
+            token: "t".into(),
+            chunks,
+        };
+        let pattern = dir.path().join("events*.jsonl");
+        let config = Config::parse(&format!(
+            "[clickhouse]\nurl = \"http://127.0.0.1:1\"\n[[source]]\npaths = [\"{}\"]\n[state]\ndir = \"{}\"\n",
+            pattern.display(),
+            dir.path().display()
+        ))
+        .unwrap();
+        let schema = Arc::new(Schema::plain(&default_table_columns()).unwrap());
+        let sources = vec![SourceRoute {
+            patterns: vec![pattern.display().to_string()],
+            encoder: Arc::new(Encoder::plain(schema)),
+            route: 0,
+            follow_symlinks: false,
+            exclude: Vec::new(),
+            start_at: config::StartAt::Beginning,
+        }];
+        let stats = Stats::default();
+        let before = open_descriptors();
+        let batch = interrupted_batch(&manifest, &checkpoints, &config, &sources, &stats)
+            .expect("the bytes are there");
+        let held = open_descriptors().saturating_sub(before);
+        assert_eq!(batch.rows, 2 * lines, "every row rebuilt");
+        assert!(
+            held <= 8,
+            "{held} descriptors held for {} chunks",
+            batch.chunks.len()
+        );
+        assert_eq!(
+            batch.chunks.len(),
+            2 * lines,
+            "the manifest's own order kept"
+        );
+        assert_eq!(batch.chunks[1].end, offsets[1][1]);
+
+        // Adjacent ranges of one file are read as one.
+        let mut one_file = manifest.clone();
+        one_file.chunks.retain(|c| c.file == ids[0]);
+        let batch = interrupted_batch(&one_file, &checkpoints, &config, &sources, &stats).unwrap();
+        assert_eq!((batch.chunks.len(), batch.rows), (1, lines));
+    }
+}

@@ -489,6 +489,22 @@ impl Manifest {
 }
 
 #[cfg(test)]
+impl Checkpoints {
+    /// A file entry, as the ledger would apply its registration.
+    pub(crate) fn register(&mut self, identity: Identity, path: &Path, offset: u64) -> FileId {
+        let id = FileId(self.next_id);
+        self.apply(&Change::Register(FileState {
+            id,
+            identity,
+            path: path.to_owned(),
+            offset,
+            released_at: None,
+        }));
+        id
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -580,18 +596,6 @@ mod tests {
     impl Checkpoints {
         fn read_only_path(path: &Path) -> Vec<FileState> {
             read_state(path).unwrap().unwrap().files
-        }
-
-        fn register(&mut self, identity: Identity, path: &Path, offset: u64) -> FileId {
-            let id = FileId(self.next_id);
-            self.apply(&Change::Register(FileState {
-                id,
-                identity,
-                path: path.to_owned(),
-                offset,
-                released_at: None,
-            }));
-            id
         }
 
         fn set_released(&mut self, id: FileId, released: bool) {

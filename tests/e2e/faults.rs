@@ -424,7 +424,7 @@ fn two_thousand_rotated_files_cost_neither_memory_nor_lines() {
     let live = BOT_RATE * BOT_SECS;
     let mut writer = Writer::start(
         &env.log("events.jsonl"),
-        "rotating",
+        "rotating5000",
         old,
         live,
         4 << 20,
