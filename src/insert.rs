@@ -199,15 +199,11 @@ impl Inserter {
         }
         let manifest = Manifest {
             token: token.to_string(),
-            chunks: batch
-                .chunks
-                .iter()
-                .map(|c| ChunkRange {
-                    file: c.file,
-                    start: c.start,
-                    end: c.end,
-                })
-                .collect(),
+            chunks: ChunkRange::runs(batch.chunks.iter().map(|c| ChunkRange {
+                file: c.file,
+                start: c.start,
+                end: c.end,
+            })),
         };
         let dir = self.state_dir.clone();
         let manifest = Arc::new(manifest);

@@ -50,7 +50,7 @@ pub(crate) fn interrupted_batch(
     // file (the live file read as the bot writes it), and one descriptor
     // per chunk ran out of descriptors (EMFILE) while the file was there.
     let mut found: HashMap<FileId, Option<(PathBuf, Arc<File>)>> = HashMap::new();
-    for range in contiguous(pending) {
+    for range in ChunkRange::runs(pending) {
         let entry = checkpoints.get(range.file).cloned()?;
         let located = found
             .entry(range.file)
@@ -144,20 +144,6 @@ fn reread(
     Ok(builder
         .take_chunk(&origin)
         .unwrap_or_else(|| origin.empty_chunk(start, end)))
-}
-
-/// The ranges of `pending` with each run of adjacent ranges of one file
-/// made one: the same bytes give the same rows however they are cut
-/// (ARCHITECTURE.md, invariant 3), and one read serves the run.
-fn contiguous(pending: Vec<ChunkRange>) -> Vec<ChunkRange> {
-    let mut runs: Vec<ChunkRange> = Vec::with_capacity(pending.len());
-    for r in pending {
-        match runs.last_mut() {
-            Some(last) if last.file == r.file && last.end == r.start => last.end = r.end,
-            _ => runs.push(r),
-        }
-    }
-    runs
 }
 
 /// Finds a checkpointed file again: at its recorded path, or by identity

@@ -449,6 +449,24 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
+impl ChunkRange {
+    /// `ranges` with each run of adjacent ranges of one file made one: the
+    /// same bytes give the same rows however they are cut (ARCHITECTURE.md,
+    /// invariant 3). The live file read as the bot writes it comes a line
+    /// or two per chunk; its runs keep the manifest small and let a replay
+    /// read each run at once.
+    pub fn runs(ranges: impl IntoIterator<Item = ChunkRange>) -> Vec<ChunkRange> {
+        let mut runs: Vec<ChunkRange> = Vec::new();
+        for r in ranges {
+            match runs.last_mut() {
+                Some(last) if last.file == r.file && last.end == r.start => last.end = r.end,
+                _ => runs.push(r),
+            }
+        }
+        runs
+    }
+}
+
 /// The batch being inserted, recorded before it is sent, so that after a
 /// crash the very same rows go out again under the same token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
