@@ -8,6 +8,12 @@
 //! split or reordered, so each file's ranges in a batch are contiguous and in
 //! order. The stage stops when the queue is closed and drained, and its
 //! dropped sender tells the inserter that nothing more will come.
+//!
+//! A batch that fills before `batch.max_wait` means a backlog is being
+//! read: with `stream_rows` above zero it goes to the inserter as the head
+//! of a catch-up stream (README, "Catch-up"), and the chunks that follow
+//! go after it, a few at a time, into the same INSERT, until the backlog is
+//! read, the stream is full, or a chunk is for another table.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -28,6 +34,9 @@ pub(crate) struct Batch {
     pub chunks: Vec<Chunk>,
     pub rows: usize,
     pub bytes: usize,
+    /// A catch-up stream: the chunks that follow these in the same INSERT,
+    /// until the sender is dropped (README, "Catch-up").
+    pub more: Option<mpsc::Receiver<Chunk>>,
 }
 
 /// One file's contiguous byte range covered by a batch.
@@ -133,15 +142,27 @@ impl PartsPressure {
     }
 }
 
+/// How many chunks a stream holds between the batcher and the INSERT.
+const STREAM_DEPTH: usize = 4;
+/// The most encoded bytes one stream carries: well under the 256 MiB at
+/// which the server cuts an INSERT into blocks it commits one by one.
+pub(crate) const STREAM_BYTES: usize = 96 << 20;
+/// A stream ends when no chunk came for this long: the backlog is read.
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `stream_rows`: the most rows of a catch-up stream, 0 for none (the
+/// server commits a cut body, or the config says so).
 pub(crate) async fn run(
     queue: Arc<Queue>,
     limits: config::Batch,
+    stream_rows: usize,
     pressure: Arc<PartsPressure>,
     out: mpsc::Sender<Batch>,
 ) {
     // One batch open per table, each with its own deadline.
     let mut open: Vec<(Batch, Instant)> = Vec::new();
     let mut closed = false;
+    let deadline = || Instant::now() + limits.max_wait * pressure.stretch();
     while !closed || !open.is_empty() {
         let next = open.iter().map(|(_, d)| *d).min();
         let popped = if closed {
@@ -153,6 +174,11 @@ pub(crate) async fn run(
             }
         };
         let mut due = Vec::new();
+        // A batch that filled before its wait was up (a backlog is being
+        // read), with the chunk that did not fit in it, if any: its INSERT
+        // goes on as a stream, while no other table waits (the inserter
+        // takes one INSERT at a time).
+        let mut filled: Option<(Batch, Option<Chunk>)> = None;
         match popped {
             // A deadline passed, or the queue is closed and drained.
             Err(()) => {
@@ -167,30 +193,110 @@ pub(crate) async fn run(
                 }
             }
             Ok(None) => closed = true,
-            Ok(Some(chunk)) => {
-                let at = open.iter().position(|(b, _)| b.route == chunk.route);
-                let at = match at {
-                    Some(i) if open[i].0.fits(&chunk, &limits) => i,
-                    other => {
-                        if let Some(i) = other {
-                            due.push(open.remove(i).0);
-                        }
-                        let deadline = Instant::now() + limits.max_wait * pressure.stretch();
-                        open.push((Batch::default(), deadline));
-                        open.len() - 1
+            Ok(Some(chunk)) => match open.iter().position(|(b, _)| b.route == chunk.route) {
+                Some(i) if open[i].0.fits(&chunk, &limits) => {
+                    let batch = &mut open[i].0;
+                    batch.push(chunk);
+                    if batch.rows >= limits.max_rows || batch.bytes >= limits.max_bytes {
+                        filled = Some((open.remove(i).0, None));
                     }
-                };
-                let batch = &mut open[at].0;
-                batch.push(chunk);
-                if batch.rows >= limits.max_rows || batch.bytes >= limits.max_bytes {
-                    due.push(open.remove(at).0);
                 }
-            }
+                Some(i) => filled = Some((open.remove(i).0, Some(chunk))),
+                None => {
+                    let mut batch = Batch::default();
+                    batch.push(chunk);
+                    if batch.rows >= limits.max_rows || batch.bytes >= limits.max_bytes {
+                        filled = Some((batch, None));
+                    } else {
+                        open.push((batch, deadline()));
+                    }
+                }
+            },
         }
         for batch in due {
             if out.send(batch).await.is_err() {
                 return;
             }
+        }
+        let Some((batch, first)) = filled else {
+            continue;
+        };
+        let streams = open.is_empty()
+            && stream_rows >= batch.rows + first.as_ref().map_or(1, |c| c.rows.len());
+        if !streams {
+            if out.send(batch).await.is_err() {
+                return;
+            }
+            if let Some(chunk) = first {
+                let mut next = Batch::default();
+                next.push(chunk);
+                if next.rows >= limits.max_rows || next.bytes >= limits.max_bytes {
+                    if out.send(next).await.is_err() {
+                        return;
+                    }
+                } else {
+                    open.push((next, deadline()));
+                }
+            }
+            continue;
+        }
+        match stream(&queue, &out, batch, first, stream_rows).await {
+            Fed::Ended(None) => {}
+            // The chunk that did not fit starts the next batch.
+            Fed::Ended(Some(chunk)) => {
+                let mut next = Batch::default();
+                next.push(chunk);
+                open.push((next, deadline()));
+            }
+            Fed::QueueClosed => closed = true,
+            Fed::InserterGone => return,
+        }
+    }
+}
+
+enum Fed {
+    /// The stream is over; a chunk that did not fit, if any.
+    Ended(Option<Chunk>),
+    QueueClosed,
+    InserterGone,
+}
+
+/// Sends `batch` as the head of a stream, then feeds the stream `first`
+/// and the chunks that follow, in queue order, while they keep coming, are
+/// for its table, and fit in it.
+async fn stream(
+    queue: &Queue,
+    out: &mpsc::Sender<Batch>,
+    mut batch: Batch,
+    first: Option<Chunk>,
+    stream_rows: usize,
+) -> Fed {
+    let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+    batch.more = Some(rx);
+    let (route, mut rows, mut bytes) = (batch.route, batch.rows, batch.bytes);
+    if out.send(batch).await.is_err() {
+        return Fed::InserterGone;
+    }
+    let mut next = first;
+    loop {
+        let chunk = match next.take() {
+            Some(c) => c,
+            None => match tokio::time::timeout(STREAM_IDLE, queue.pop()).await {
+                Err(_) => return Fed::Ended(None),
+                Ok(None) => return Fed::QueueClosed,
+                Ok(Some(c)) => c,
+            },
+        };
+        if chunk.route != route
+            || rows + chunk.rows.len() > stream_rows
+            || bytes + chunk.data.len() > STREAM_BYTES
+        {
+            return Fed::Ended(Some(chunk));
+        }
+        rows += chunk.rows.len();
+        bytes += chunk.data.len();
+        if tx.send(chunk).await.is_err() {
+            return Fed::InserterGone;
         }
     }
 }
@@ -206,6 +312,7 @@ mod tests {
     fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
         Chunk {
             route: 0,
+            source: 0,
             file: FileId(file),
             identity: crate::identity::Identity {
                 dev: 1,
@@ -234,6 +341,7 @@ mod tests {
             max_rows: rows,
             max_bytes: 1 << 20,
             max_wait: Duration::from_millis(wait_ms),
+            catch_up_rows: 0,
         }
     }
 
@@ -245,7 +353,7 @@ mod tests {
         }
         let (tx, mut rx) = mpsc::channel(1);
         let pressure = Arc::new(PartsPressure::default());
-        let task = tokio::spawn(run(q.clone(), limits(8, 1000), pressure.clone(), tx));
+        let task = tokio::spawn(run(q.clone(), limits(8, 1000), 0, pressure.clone(), tx));
         let b = rx.recv().await.unwrap();
         assert_eq!(
             (b.rows, b.ranges()),
@@ -284,6 +392,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_that_fills_goes_on_as_a_stream_while_the_backlog_lasts() {
+        let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
+        for i in 0..10 {
+            q.push(chunk(1, i * 10, i * 10 + 10, 4), || true).unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(run(q.clone(), limits(8, 1000), 28, Arc::default(), tx));
+        let drain = |mut more: mpsc::Receiver<Chunk>, mut end: u64| async move {
+            let mut rows = 0;
+            while let Some(c) = more.recv().await {
+                assert_eq!(c.start, end, "in order, nothing skipped");
+                end = c.end;
+                rows += c.rows.len();
+            }
+            (rows, end)
+        };
+        // Filled before max_wait: the stream goes on up to 28 rows.
+        let mut b = rx.recv().await.unwrap();
+        assert_eq!((b.rows, b.ranges()[0].end), (8, 20));
+        let (rows, end) = drain(b.more.take().expect("a stream"), 20).await;
+        assert_eq!((8 + rows, end), (28, 70));
+        // The chunk that did not fit starts the next batch, which fills and
+        // streams the rest; the stream ends when no chunk comes.
+        let mut b = rx.recv().await.unwrap();
+        assert_eq!((b.rows, b.ranges()[0].start), (8, 70));
+        let t0 = Instant::now();
+        assert_eq!(drain(b.more.take().expect("a stream"), 90).await, (4, 100));
+        assert!(Instant::now() - t0 >= STREAM_IDLE);
+        // A batch closed by max_wait is not a stream; a chunk of another
+        // table ends a stream and starts its own batch.
+        q.push(chunk(1, 100, 110, 4), || true).unwrap();
+        let b = rx.recv().await.unwrap();
+        assert!(b.more.is_none());
+        for i in 11..14 {
+            q.push(chunk(1, i * 10, i * 10 + 10, 4), || true).unwrap();
+        }
+        let mut other = chunk(2, 0, 10, 4);
+        other.route = 1;
+        q.push(other, || true).unwrap();
+        q.push(chunk(1, 140, 150, 4), || true).unwrap();
+        let mut b = rx.recv().await.unwrap();
+        assert_eq!(drain(b.more.take().unwrap(), 130).await, (4, 140));
+        let b = rx.recv().await.unwrap();
+        assert_eq!((b.route, b.rows), (1, 4));
+        let b = rx.recv().await.unwrap();
+        assert_eq!((b.route, b.ranges()[0].start), (0, 140));
+        q.close();
+        assert!(rx.recv().await.is_none());
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn each_table_gets_its_own_batches() {
         let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
         // Files 1 and 2 go to different tables, interleaved.
@@ -295,7 +455,7 @@ mod tests {
         }
         q.close();
         let (tx, mut rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(q, limits(100, 1000), Arc::default(), tx));
+        let task = tokio::spawn(run(q, limits(100, 1000), 0, Arc::default(), tx));
         let mut got = Vec::new();
         while let Some(b) = rx.recv().await {
             assert!(b.chunks.iter().all(|c| c.route == b.route));

@@ -237,6 +237,14 @@ pub async fn check(config: &Config, offline: bool) -> usize {
             crate::out!("note     rollups {note}");
         }
     }
+    match plan.catch_up_rows(config) {
+        Ok(rows) => crate::out!(
+            "ok       catch-up: a backlog goes in streamed INSERTs of up to {rows} rows (README, \"Catch-up\")"
+        ),
+        Err(why) => crate::out!(
+            "note     catch-up: no streamed INSERTs ({why}); inserts stay at batch.max_rows"
+        ),
+    }
     for (n, (source, route)) in config.sources.iter().zip(&plan.sources).enumerate() {
         let table = &plan.tables[usize::from(route.route)].name;
         crate::out!(

@@ -73,6 +73,18 @@ impl Version {
             }
     }
 
+    /// From 20.5 an HTTP INSERT whose body was cut short (the connection
+    /// dropped before its last chunk) commits nothing; before, the rows
+    /// that arrived are inserted (ClickHouse issue 9666). A catch-up stream
+    /// needs the former (README, "Catch-up").
+    pub(crate) fn refuses_cut_bodies(&self) -> bool {
+        *self
+            >= Version {
+                major: 20,
+                minor: 5,
+            }
+    }
+
     /// Before 19.x, `LowCardinality` needs an experimental switch.
     pub(crate) fn low_cardinality_is_experimental(&self) -> bool {
         self.major < 19
@@ -516,6 +528,47 @@ impl Server {
         distributed: bool,
         mut next: impl FnMut() -> Option<Result<bytes::Bytes, crate::native::Malformed>>,
     ) -> Result<Result<(), Failure>, crate::native::Malformed> {
+        let mut insert = self.open_insert(sql, token, version, distributed);
+        while let Some(piece) = next() {
+            let piece = piece?;
+            if piece.is_empty() {
+                continue;
+            }
+            if let Err(e) = insert.send(piece).await {
+                return Ok(Err(classify(&e)));
+            }
+        }
+        Ok(insert.end().await.map_err(|e| classify(&e)))
+    }
+
+    /// A catch-up stream (README, "Catch-up"): one INSERT whose rows are
+    /// given chunk by chunk, ended (committed) by [`Stream::end`] or
+    /// dropped (nothing committed, on a server that
+    /// [`refuses_cut_bodies`](Version::refuses_cut_bodies)). The server's
+    /// block limits are pinned, so that the whole body is one block.
+    pub(crate) fn stream<'a>(
+        &self,
+        sql: &str,
+        native: Option<&'a Native>,
+        token: Option<&str>,
+        version: Version,
+    ) -> Stream<'a> {
+        let sql = native.map_or(sql, |n| n.sql.as_str());
+        let insert = self
+            .open_insert(sql, token, version, false)
+            .with_setting("min_insert_block_size_rows", "1048576")
+            .with_setting("min_insert_block_size_bytes", "268435456")
+            .with_setting("max_insert_block_size", "1048576");
+        Stream { insert, native }
+    }
+
+    fn open_insert(
+        &self,
+        sql: &str,
+        token: Option<&str>,
+        version: Version,
+        distributed: bool,
+    ) -> clickhouse::insert_formatted::InsertFormatted {
         let mut insert = self.client().insert_formatted_with(sql).with_timeouts(
             Some(self.cfg.request_timeout),
             Some(self.cfg.request_timeout),
@@ -540,16 +593,47 @@ impl Server {
         if distributed {
             insert = insert.with_setting("insert_distributed_sync", "1");
         }
-        while let Some(piece) = next() {
-            let piece = piece?;
-            if piece.is_empty() {
-                continue;
-            }
-            if let Err(e) = insert.send(piece).await {
-                return Ok(Err(classify(&e)));
-            }
+        insert
+    }
+}
+
+/// An open catch-up INSERT; see [`Server::stream`].
+pub(crate) struct Stream<'a> {
+    insert: clickhouse::insert_formatted::InsertFormatted,
+    native: Option<&'a Native>,
+}
+
+impl Stream<'_> {
+    /// Sends encoded rows (RowBinary, as a chunk holds them), regrouped
+    /// into Native blocks where the table has a Native layout.
+    pub(crate) async fn rows(&mut self, part: &bytes::Bytes) -> Result<(), Failure> {
+        if part.is_empty() {
+            return Ok(());
         }
-        Ok(insert.end().await.map_err(|e| classify(&e)))
+        let Some(native) = self.native else {
+            return self.send(part.clone()).await;
+        };
+        for block in native.layout.blocks(std::slice::from_ref(part)) {
+            // Never seen: the rows and the layout come from one schema.
+            // Taken as bad data, the stream is split into batches, which
+            // go as RowBinary if their Native blocks cannot be made.
+            let block = block.map_err(|m| Failure {
+                class: Class::BadData,
+                code: None,
+                message: format!("a Native block could not be made (please report this): {m}"),
+            })?;
+            self.send(block).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, piece: bytes::Bytes) -> Result<(), Failure> {
+        self.insert.send(piece).await.map_err(|e| classify(&e))
+    }
+
+    /// Ends the body: only `Ok` means the rows are committed.
+    pub(crate) async fn end(self) -> Result<(), Failure> {
+        self.insert.end().await.map_err(|e| classify(&e))
     }
 }
 

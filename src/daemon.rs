@@ -217,8 +217,8 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     }
     // A batch a crash interrupted, rebuilt from the files as they are now.
     let interrupted = Manifest::load(&state_dir).and_then(|manifest| {
-        replay::interrupted_batch(&manifest, &checkpoints, config, &plan.sources, &stats)
-            .map(|batch| (manifest, batch))
+        replay::interrupted(&manifest, &checkpoints, config, &plan.sources)
+            .map(|spans| (manifest, spans))
     });
     // From here the inserter's ledger owns the checkpoints; the tailer
     // sends it what it learns of the files.
@@ -248,14 +248,18 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
         give_up,
         retry: (config.clickhouse.retry_initial, config.clickhouse.retry_max),
         pressure: pressure.clone(),
+        sources: plan.sources.clone().into(),
+        tail: config.tail.clone(),
+        limits: config.batch.clone(),
     };
     // A batch a crash interrupted goes out again first, byte for byte.
-    if let Some((manifest, batch)) = interrupted {
-        tracing::info!(rows = batch.rows, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
+    if let Some((manifest, spans)) = interrupted {
+        let bytes: u64 = spans.iter().map(|s| s.range.end - s.range.start).sum();
+        tracing::info!(ranges = spans.len(), bytes, token = %manifest.token, "re-sending the batch that was in flight when chtail stopped");
         svc.notifier
             .status("re-sending the batch interrupted by the last stop");
         let replayed = tokio::select! {
-            ok = inserter.replay(&batch, &manifest.token) => ok,
+            ok = inserter.replay(&spans, &manifest.token) => ok,
             sig = svc.signals.stop() => {
                 tracing::info!(signal = sig, "stopped while re-sending the interrupted batch; it is sent again on the next start");
                 return Ok(End::Exit(0));
@@ -270,6 +274,13 @@ async fn pipeline(config: &Config, svc: &mut Service) -> anyhow::Result<End> {
     let batch_task = tokio::spawn(batch::run(
         queue.clone(),
         config.batch.clone(),
+        match plan.catch_up_rows(config) {
+            Ok(rows) => rows,
+            Err(why) => {
+                tracing::info!("no catch-up streams: {why}; inserts stay at batch.max_rows");
+                0
+            }
+        },
         pressure,
         batch_tx,
     ));

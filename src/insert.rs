@@ -30,10 +30,14 @@ use twox_hash::XxHash64;
 use crate::batch::{self, Batch};
 use crate::checkpoint::{self, ChunkRange, Ledger, Manifest, StateHealth};
 use crate::clickhouse::{Backoff, Class, Failure, Native, Server};
+use crate::config;
 use crate::liveness::Liveness;
 use crate::parse::Reject;
 use crate::quarantine::Quarantine;
+use crate::queue::Chunk;
+use crate::replay::{Reread, Span};
 use crate::stats::Stats;
+use crate::tail::SourceRoute;
 
 pub(crate) struct Inserter {
     pub server: Server,
@@ -63,6 +67,12 @@ pub(crate) struct Inserter {
     pub retry: (std::time::Duration, std::time::Duration),
     /// TOO_MANY_PARTS pressure, for the batcher.
     pub pressure: Arc<batch::PartsPressure>,
+    /// The sources (their encoders) and the reading settings, for the rows
+    /// a stream's retry, a crash replay or a split reads again.
+    pub sources: Arc<[SourceRoute]>,
+    pub tail: config::Tail,
+    /// The batches a stream the server rejected is split into.
+    pub limits: config::Batch,
 }
 
 /// The longest wait between two attempts to write the state.
@@ -94,16 +104,43 @@ enum SendError {
     GaveUp,
 }
 
+/// What an attempt's result leads to.
+enum Next {
+    Done,
+    Bad(Failure),
+    /// Waited its backoff; try again.
+    Retry,
+}
+
+/// How a catch-up stream ended.
+struct Streamed {
+    rows: usize,
+    /// Rows in ClickHouse (all of them, or none).
+    inserted: usize,
+    committed: bool,
+}
+
 impl Inserter {
     pub(crate) async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Outcome {
-        while let Some(batch) = input.recv().await {
+        while let Some(mut batch) = input.recv().await {
             let token = batch::token(&batch);
-            tracing::debug!(token, rows = batch.rows, ranges = ?batch.ranges(), "sending batch");
-            let sent = self.record(&batch, &token).await && self.deliver(&batch, &token).await;
-            let inserted = if sent { batch.rows } else { 0 };
-            let committed = sent && self.commit(&batch).await;
-            if !committed {
-                let mut rows_left = batch.rows - inserted;
+            tracing::debug!(token, rows = batch.rows, ranges = ?batch.ranges(), streamed = batch.more.is_some(), "sending batch");
+            let done = match batch.more.take() {
+                Some(more) => self.stream(batch, more, &token).await,
+                None => {
+                    let sent =
+                        self.record(&batch, &token).await && self.deliver(&batch, &token).await;
+                    let inserted = if sent { batch.rows } else { 0 };
+                    Streamed {
+                        rows: batch.rows,
+                        inserted,
+                        committed: sent && self.commit(&batch).await,
+                    }
+                }
+            };
+            if !done.committed {
+                let inserted = done.inserted;
+                let mut rows_left = done.rows - inserted;
                 input.close();
                 while let Some(b) = input.recv().await {
                     rows_left += b.rows;
@@ -129,10 +166,244 @@ impl Inserter {
         Outcome::Drained
     }
 
-    /// Re-sends the batch a crash interrupted, under its recorded token,
-    /// and commits it. False if the shutdown deadline stopped it first.
-    pub(crate) async fn replay(&mut self, batch: &Batch, token: &str) -> bool {
-        self.deliver(batch, token).await && self.commit(batch).await
+    /// Re-sends the batch a crash interrupted, read again from `spans`,
+    /// under its recorded token, and commits it. False if the shutdown
+    /// deadline stopped it first.
+    pub(crate) async fn replay(&mut self, spans: &[Span], token: &str) -> bool {
+        let Some(first) = spans.first() else {
+            return true;
+        };
+        let route = self.sources[first.source].route;
+        let mut backoff = Backoff::new(self.retry.0, self.retry.1);
+        match self.resend(route, spans, token, &mut backoff).await {
+            Ok(()) => self.commit_ranges(spans, &[]).await,
+            Err(SendError::GaveUp) => false,
+            Err(SendError::Bad(f)) => {
+                tracing::warn!(
+                    code = f.code,
+                    "ClickHouse rejected the re-sent batch as bad data; sending it again as batches to isolate the bad rows: {}",
+                    f.message
+                );
+                self.split(spans).await
+            }
+        }
+    }
+
+    /// A catch-up stream (README, "Catch-up"): the batch's rows, then each
+    /// chunk `more` brings, in one INSERT under the batch's token. Each
+    /// chunk is dropped once sent, giving its share of the queue back; a
+    /// retry, a crash replay or a split reads the rows again from the
+    /// files. The manifest, naming every range, is written before the
+    /// body's end, the only moment the server commits anything of it.
+    async fn stream(
+        &mut self,
+        head: Batch,
+        mut more: mpsc::Receiver<Chunk>,
+        token: &str,
+    ) -> Streamed {
+        let route = head.route;
+        let r = usize::from(route);
+        let (sql, native) = (self.sqls[r].clone(), self.natives[r].clone());
+        let sent_token = self.dedup_tokens.then_some(token);
+        let mut open = Some(
+            self.server
+                .stream(&sql, native.as_deref(), sent_token, self.version),
+        );
+        let mut failure: Option<Failure> = None;
+        let mut spans: Vec<Span> = Vec::new();
+        // Each chunk's event times as (sum, count), for the delay metric.
+        let mut times: Vec<(i64, usize)> = Vec::new();
+        let mut rows = 0;
+        let mut head = head.chunks.into_iter();
+        let mut give_up = self.give_up.clone();
+        self.liveness.insert_started.now();
+        loop {
+            let chunk = match head.next() {
+                Some(c) => c,
+                None => tokio::select! {
+                    c = more.recv() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
+                    _ = give_up.wait_for(|g| *g) => {
+                        // Dropped before its end: the server commits none
+                        // of it, and the rows stay in the files.
+                        self.liveness.insert_started.clear();
+                        return Streamed { rows, inserted: 0, committed: false };
+                    }
+                },
+            };
+            rows += chunk.rows.len();
+            if !chunk.times.is_empty() {
+                times.push((chunk.times.iter().sum(), chunk.times.len()));
+            }
+            Span::extend(&mut spans, Span::of(&chunk));
+            if let (Some(stream), None) = (open.as_mut(), &failure)
+                && let Err(f) = stream.rows(&chunk.data).await
+            {
+                // The rest still comes through `more`, to be re-sent.
+                failure = Some(f);
+                open = None;
+            }
+        }
+        let ranges: Vec<ChunkRange> = spans.iter().map(|s| s.range).collect();
+        let result = match (open, failure) {
+            (Some(stream), None) => {
+                if !self.record_ranges(&ranges, token).await {
+                    self.liveness.insert_started.clear();
+                    return Streamed {
+                        rows,
+                        inserted: 0,
+                        committed: false,
+                    };
+                }
+                stream.end().await
+            }
+            (_, Some(f)) => Err(f),
+            (None, None) => unreachable!("a stream is dropped only on a failure"),
+        };
+        let mut backoff = Backoff::new(self.retry.0, self.retry.1);
+        let sent = match self.after(result, &mut backoff, rows).await {
+            Next::Done => Ok(()),
+            Next::Bad(f) => Err(SendError::Bad(f)),
+            // The manifest may not be written yet (a stream cut short).
+            Next::Retry => {
+                if self.record_ranges(&ranges, token).await {
+                    self.resend(route, &spans, token, &mut backoff).await
+                } else {
+                    Err(SendError::GaveUp)
+                }
+            }
+        };
+        let committed = match sent {
+            Ok(()) => {
+                tracing::info!(
+                    rows,
+                    ranges = spans.len(),
+                    "catch-up stream inserted: {rows} rows in one INSERT"
+                );
+                return Streamed {
+                    rows,
+                    inserted: rows,
+                    committed: self.commit_ranges(&spans, &times).await,
+                };
+            }
+            Err(SendError::GaveUp) => false,
+            Err(SendError::Bad(f)) => {
+                tracing::warn!(
+                    rows,
+                    code = f.code,
+                    "ClickHouse rejected a catch-up stream as bad data; sending it again as batches to isolate the bad rows: {}",
+                    f.message
+                );
+                self.split(&spans).await
+            }
+        };
+        Streamed {
+            rows,
+            inserted: if committed { rows } else { 0 },
+            committed,
+        }
+    }
+
+    /// One INSERT of the rows of `spans`, read again from the files,
+    /// retried until it succeeds, fails as bad data, or the shutdown
+    /// deadline passes between attempts. The manifest is on disk already.
+    async fn resend(
+        &mut self,
+        route: u16,
+        spans: &[Span],
+        token: &str,
+        backoff: &mut Backoff,
+    ) -> Result<(), SendError> {
+        loop {
+            if *self.give_up.borrow() {
+                return Err(SendError::GaveUp);
+            }
+            if backoff.attempts() > 0 {
+                self.stats.insert_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            self.liveness.insert_started.now();
+            let (result, rows) = self.resend_once(route, spans, token).await;
+            match self.after(result, backoff, rows).await {
+                Next::Done => return Ok(()),
+                Next::Bad(f) => return Err(SendError::Bad(f)),
+                Next::Retry => {}
+            }
+        }
+    }
+
+    /// One attempt of [`Inserter::resend`]: the result, and the rows read.
+    async fn resend_once(
+        &self,
+        route: u16,
+        spans: &[Span],
+        token: &str,
+    ) -> (Result<(), Failure>, usize) {
+        let r = usize::from(route);
+        let mut stream = self.server.stream(
+            &self.sqls[r],
+            self.natives[r].as_deref(),
+            self.dedup_tokens.then_some(token),
+            self.version,
+        );
+        let mut rows = 0;
+        for chunk in Reread::new(spans, &self.sources, &self.tail, &self.stats) {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let failure = Failure {
+                        class: Class::Transient,
+                        code: None,
+                        message: format!("cannot read the rows to re-send again: {e}"),
+                    };
+                    return (Err(failure), rows);
+                }
+            };
+            rows += chunk.rows.len();
+            if let Err(f) = stream.rows(&chunk.data).await {
+                return (Err(f), rows);
+            }
+        }
+        (stream.end().await, rows)
+    }
+
+    /// The rows of `spans`, which the server rejected as bad data in one
+    /// INSERT, sent again as batches of `batch.max_rows`, each recorded,
+    /// sent (split further until the bad rows stand alone) and committed
+    /// in turn: a crash meanwhile re-sends only the batch in flight. False
+    /// if the shutdown deadline stopped it first.
+    async fn split(&mut self, spans: &[Span]) -> bool {
+        let (sources, tail, stats) = (self.sources.clone(), self.tail.clone(), self.stats.clone());
+        let mut reread = Reread::new(spans, &sources, &tail, &stats);
+        let mut batch = Batch::default();
+        loop {
+            let next = reread.next();
+            let full = match &next {
+                Some(Ok(c)) => {
+                    batch.rows + c.rows.len() > self.limits.max_rows
+                        || batch.bytes + c.data.len() > self.limits.max_bytes
+                }
+                _ => true,
+            };
+            if full && !batch.chunks.is_empty() {
+                let b = std::mem::take(&mut batch);
+                let token = batch::token(&b);
+                let done = self.record(&b, &token).await
+                    && self.deliver(&b, &token).await
+                    && self.commit(&b).await;
+                if !done {
+                    return false;
+                }
+            }
+            match next {
+                None => return true,
+                Some(Ok(c)) => batch.push(c),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read rows of a rejected batch again; they are not sent");
+                }
+            }
+        }
     }
 
     /// Writes to the state directory with `write` until it succeeds. While
@@ -184,6 +455,16 @@ impl Inserter {
     /// nothing sent) if the shutdown deadline passed while the state
     /// directory could not be written.
     async fn record(&mut self, batch: &Batch, token: &str) -> bool {
+        let ranges = ChunkRange::runs(batch.chunks.iter().map(|c| ChunkRange {
+            file: c.file,
+            start: c.start,
+            end: c.end,
+        }));
+        self.record_ranges(&ranges, token).await
+    }
+
+    /// [`Inserter::record`] for the ranges of a batch or a stream.
+    async fn record_ranges(&mut self, ranges: &[ChunkRange], token: &str) -> bool {
         let unsaved = self.ledger.take_changes().then(|| self.ledger.snapshot());
         if let Some(snapshot) = unsaved {
             let dir = self.state_dir.clone();
@@ -199,11 +480,7 @@ impl Inserter {
         }
         let manifest = Manifest {
             token: token.to_string(),
-            chunks: ChunkRange::runs(batch.chunks.iter().map(|c| ChunkRange {
-                file: c.file,
-                start: c.start,
-                end: c.end,
-            })),
+            chunks: ranges.to_vec(),
         };
         let dir = self.state_dir.clone();
         let manifest = Arc::new(manifest);
@@ -321,71 +598,88 @@ impl Inserter {
                     self.distributed[usize::from(route)],
                 )
                 .await;
-            self.liveness.insert_started.clear();
-            self.liveness.set_reachable(match &result {
-                Ok(()) => true,
-                Err(f) => f.class == Class::BadData,
-            });
-            let failure = match result {
-                Ok(()) => {
-                    self.liveness.last_insert.now();
-                    self.pressure.calm_insert();
-                    if backoff.attempts() > 0 {
-                        tracing::info!(
-                            attempts = backoff.attempts() + 1,
-                            "ClickHouse accepts inserts again"
-                        );
-                    }
-                    self.stats.batches_inserted.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .rows_inserted
-                        .fetch_add(rows as u64, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(f) => f,
-            };
-            self.stats.count_failure(failure.class);
-            if failure.class == Class::BadData {
-                return Err(SendError::Bad(failure));
-            }
-            if failure.is_parts_pressure() {
-                // Fewer, bigger inserts give the server's merges time.
-                self.pressure.raise();
-            }
-            if failure.class == Class::Operator {
-                // Skip the quick retries: nothing changes until someone acts.
-                while backoff.attempts() < 16 {
-                    backoff.next_delay();
-                }
-            }
-            // Another replica may take it; the same token goes with it.
-            self.server.fail_over();
-            let delay = backoff.next_delay();
-            match failure.class {
-                Class::Operator => tracing::error!(
-                    code = failure.code,
-                    retry_in = ?delay,
-                    rows,
-                    "ClickHouse refuses the insert; {}: {}",
-                    failure.advice(),
-                    failure.message
-                ),
-                _ => tracing::warn!(
-                    code = failure.code,
-                    retry_in = ?delay,
-                    attempt = backoff.attempts(),
-                    rows,
-                    "insert failed, will retry: {}{}",
-                    failure.message,
-                    failure.meaning().map(|m| format!(" ({m})")).unwrap_or_default()
-                ),
-            }
-            let mut give_up = self.give_up.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = give_up.wait_for(|g| *g) => {}
+            match self.after(result, &mut backoff, rows).await {
+                Next::Done => return Ok(()),
+                Next::Bad(f) => return Err(SendError::Bad(f)),
+                Next::Retry => {}
             }
         }
+    }
+
+    /// After an attempt to insert `rows`: counted, logged and reported to
+    /// the liveness; on a failure to retry, the backoff's wait (cut short
+    /// by the shutdown deadline).
+    async fn after(
+        &mut self,
+        result: Result<(), Failure>,
+        backoff: &mut Backoff,
+        rows: usize,
+    ) -> Next {
+        self.liveness.insert_started.clear();
+        self.liveness.set_reachable(match &result {
+            Ok(()) => true,
+            Err(f) => f.class == Class::BadData,
+        });
+        let failure = match result {
+            Ok(()) => {
+                self.liveness.last_insert.now();
+                self.pressure.calm_insert();
+                if backoff.attempts() > 0 {
+                    tracing::info!(
+                        attempts = backoff.attempts() + 1,
+                        "ClickHouse accepts inserts again"
+                    );
+                }
+                self.stats.batches_inserted.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .rows_inserted
+                    .fetch_add(rows as u64, Ordering::Relaxed);
+                return Next::Done;
+            }
+            Err(f) => f,
+        };
+        self.stats.count_failure(failure.class);
+        if failure.class == Class::BadData {
+            return Next::Bad(failure);
+        }
+        if failure.is_parts_pressure() {
+            // Fewer, bigger inserts give the server's merges time.
+            self.pressure.raise();
+        }
+        if failure.class == Class::Operator {
+            // Skip the quick retries: nothing changes until someone acts.
+            while backoff.attempts() < 16 {
+                backoff.next_delay();
+            }
+        }
+        // Another replica may take it; the same token goes with it.
+        self.server.fail_over();
+        let delay = backoff.next_delay();
+        match failure.class {
+            Class::Operator => tracing::error!(
+                code = failure.code,
+                retry_in = ?delay,
+                rows,
+                "ClickHouse refuses the insert; {}: {}",
+                failure.advice(),
+                failure.message
+            ),
+            _ => tracing::warn!(
+                code = failure.code,
+                retry_in = ?delay,
+                attempt = backoff.attempts(),
+                rows,
+                "insert failed, will retry: {}{}",
+                failure.message,
+                failure.meaning().map(|m| format!(" ({m})")).unwrap_or_default()
+            ),
+        }
+        let mut give_up = self.give_up.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = give_up.wait_for(|g| *g) => {}
+        }
+        Next::Retry
     }
 
     /// Advances and persists the offsets the batch covered. False if the
@@ -399,9 +693,29 @@ impl Inserter {
                 .iter()
                 .flat_map(|c| c.times.iter().map(move |t| now - t)),
         );
-        let snapshot = self
-            .ledger
-            .commit(batch.ranges().iter().map(|r| (r.file, r.end)));
+        let ends: Vec<(crate::identity::FileId, u64)> =
+            batch.ranges().iter().map(|r| (r.file, r.end)).collect();
+        self.persist_commit(ends).await
+    }
+
+    /// [`Inserter::commit`] for a stream or a replay: its spans, and its
+    /// chunks' event times as (sum, count), each chunk's events taken at
+    /// their mean time (a chunk is a few hundred consecutive lines).
+    async fn commit_ranges(&mut self, spans: &[Span], times: &[(i64, usize)]) -> bool {
+        let now = i64::try_from(crate::stats::now_ms()).unwrap_or(i64::MAX);
+        self.stats
+            .delay
+            .observe_all_ms(times.iter().flat_map(|&(sum, n)| {
+                let mean = sum / i64::try_from(n).unwrap_or(i64::MAX).max(1);
+                std::iter::repeat_n(now - mean, n)
+            }));
+        let ends: Vec<(crate::identity::FileId, u64)> =
+            spans.iter().map(|s| (s.range.file, s.range.end)).collect();
+        self.persist_commit(ends).await
+    }
+
+    async fn persist_commit(&mut self, ends: Vec<(crate::identity::FileId, u64)>) -> bool {
+        let snapshot = self.ledger.commit(ends);
         let dir = self.state_dir.clone();
         let snapshot = Arc::new(snapshot);
         self.persist("the checkpoint", move || checkpoint::save(&dir, &snapshot))

@@ -31,6 +31,28 @@ pub(crate) struct Plan {
     pub sources: Vec<SourceRoute>,
 }
 
+impl Plan {
+    /// The most rows of a catch-up stream (README, "Catch-up"), or why
+    /// there are none: the config says so, the server commits what arrived
+    /// of an INSERT cut short, or a table is `Distributed` (its shards take
+    /// their rows as inserts of their own).
+    pub(crate) fn catch_up_rows(&self, config: &Config) -> Result<usize, String> {
+        if config.batch.catch_up_rows == 0 {
+            return Err("batch.catch_up_rows = 0".into());
+        }
+        if !self.version.refuses_cut_bodies() {
+            return Err(format!(
+                "ClickHouse {} inserts what arrived of an INSERT cut short (20.5 and later do not)",
+                self.version
+            ));
+        }
+        if self.tables.iter().any(|t| t.distributed.is_some()) {
+            return Err("a Distributed table takes no streams".into());
+        }
+        Ok(config.batch.catch_up_rows)
+    }
+}
+
 /// Why there is no plan: the first failure's class, and every problem.
 #[derive(Debug)]
 pub(crate) struct Problems {

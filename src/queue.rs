@@ -36,6 +36,9 @@ pub struct RowMark {
 pub struct Chunk {
     /// The table the rows go to (an index into the daemon's tables).
     pub route: u16,
+    /// The source whose encoder made the rows (an index into the
+    /// daemon's sources): a re-read encodes them the same way.
+    pub source: u16,
     pub file: FileId,
     /// The file's identity when the chunk was read: what names the bytes
     /// beyond this process (FileIds are chtail's own numbering).
@@ -231,6 +234,7 @@ mod tests {
     pub(crate) fn chunk(file: u64, start: u64, end: u64, rows: usize) -> Chunk {
         Chunk {
             route: 0,
+            source: 0,
             file: FileId(file),
             identity: Identity {
                 dev: 1,

@@ -15,7 +15,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::batch::Batch;
 use crate::checkpoint::{Checkpoints, ChunkRange, FileState, Manifest};
 use crate::config::{self, Config};
 use crate::identity::{FileId, Identity};
@@ -23,18 +22,64 @@ use crate::parse::LineMeta;
 use crate::queue::Chunk;
 use crate::stats::Stats;
 use crate::tail::{
-    ChunkBuilder, LineEncoder, Origin, SourceRoute, Splitter, host_name, literal_dir, source_near,
+    CHUNK_BYTES, CHUNK_ROWS, ChunkBuilder, LineEncoder, Origin, SourceRoute, Splitter, host_name,
+    literal_dir, source_near,
 };
 
-/// Rebuilds the batch of `manifest` that is not committed yet from the log
-/// files: the same bytes, read and encoded again, in the same order.
-pub(crate) fn interrupted_batch(
+/// One recorded byte range, and the open file it is in: what a re-send
+/// reads again.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    pub range: ChunkRange,
+    pub path: Arc<Path>,
+    pub file: Arc<File>,
+    pub identity: Identity,
+    /// The source whose encoder made the rows.
+    pub source: usize,
+}
+
+impl Span {
+    /// The span of a chunk read by the tailer.
+    pub(crate) fn of(chunk: &Chunk) -> Span {
+        Span {
+            range: ChunkRange {
+                file: chunk.file,
+                start: chunk.start,
+                end: chunk.end,
+            },
+            path: chunk.path.clone(),
+            file: chunk.handle.clone(),
+            identity: chunk.identity,
+            source: usize::from(chunk.source),
+        }
+    }
+
+    /// Adds `next` to the spans, as part of the last one if it continues it.
+    pub(crate) fn extend(spans: &mut Vec<Span>, next: Span) {
+        match spans.last_mut() {
+            Some(last)
+                if last.range.file == next.range.file && last.range.end == next.range.start =>
+            {
+                last.range.end = next.range.end;
+            }
+            _ => spans.push(next),
+        }
+    }
+}
+
+/// A file found again: where, and open.
+type Opened = (Arc<Path>, Arc<File>);
+
+/// The part of `manifest`'s batch that is not committed yet, found again
+/// in the log files: one span per run of adjacent ranges, each file
+/// located and opened once. Ranges whose file cannot be found are logged
+/// and left out.
+pub(crate) fn interrupted(
     manifest: &Manifest,
     checkpoints: &Checkpoints,
     config: &Config,
     sources: &[SourceRoute],
-    stats: &Stats,
-) -> Option<Batch> {
+) -> Option<Vec<Span>> {
     let pending = manifest.pending(checkpoints);
     if pending.is_empty() {
         return None;
@@ -44,106 +89,162 @@ pub(crate) fn interrupted_batch(
         .iter()
         .flat_map(|s| s.paths.clone())
         .collect();
-    let mut batch = Batch::default();
-    // Each file is looked for and opened once, and its chunks share that
+    // Each file is looked for and opened once, and its spans share that
     // one descriptor: a batch can hold thousands of one-line chunks of a
     // file (the live file read as the bot writes it), and one descriptor
     // per chunk ran out of descriptors (EMFILE) while the file was there.
-    let mut found: HashMap<FileId, Option<(PathBuf, Arc<File>)>> = HashMap::new();
+    let mut found: HashMap<FileId, Option<Opened>> = HashMap::new();
+    let mut spans: Vec<Span> = Vec::new();
     for range in ChunkRange::runs(pending) {
         let entry = checkpoints.get(range.file).cloned()?;
         let located = found
             .entry(range.file)
-            .or_insert_with(|| locate(&entry, &patterns).map(|(p, f)| (p, Arc::new(f))))
+            .or_insert_with(|| {
+                locate(&entry, &patterns).map(|(p, f)| (Arc::from(p.as_path()), Arc::new(f)))
+            })
             .clone();
-        let chunk = match located {
+        let span = match located {
             None => Err(missing(&entry, &patterns)),
             Some((path, file)) => {
                 let source = source_near(sources, Some(&entry.path), &path);
-                if batch
-                    .chunks
+                if spans
                     .first()
-                    .is_some_and(|c| c.route != sources[source].route)
+                    .is_some_and(|s| sources[s.source].route != sources[source].route)
                 {
                     Err("its source goes to another table".to_string()) // a batch goes to one table
                 } else {
-                    reread(
+                    Ok(Span {
+                        range,
+                        path,
                         file,
-                        (range.file, entry.identity),
-                        &path,
-                        (range.start, range.end),
-                        &sources[source],
-                        &config.tail,
-                        stats,
-                    )
-                    .map_err(|e| e.to_string())
+                        identity: entry.identity,
+                        source,
+                    })
                 }
             }
         };
-        match chunk {
-            Ok(c) => batch.push(c),
+        match span {
+            Ok(s) => Span::extend(&mut spans, s),
             Err(why) => {
                 tracing::warn!(path = %entry.path.display(), identity = %entry.identity, start = range.start, end = range.end, "cannot find the bytes of the interrupted batch any more ({why}); they cannot be re-sent")
             }
         }
     }
-    (!batch.chunks.is_empty()).then_some(batch)
+    (!spans.is_empty()).then_some(spans)
 }
 
-/// Reads bytes `start..end` of `file` again, exactly as they were read the
-/// first time, into one chunk: the same bytes always give the same rows.
-/// `end` must be a line end. Used to replay a batch after a crash.
-fn reread(
-    file: Arc<File>,
-    (id, identity): (FileId, Identity),
-    path: &Path,
-    (start, end): (u64, u64),
-    source: &SourceRoute,
-    cfg: &config::Tail,
-    stats: &Stats,
-) -> std::io::Result<Chunk> {
-    let host = LineMeta::json(&host_name());
+/// The rows of `spans` read and encoded again, exactly as they were the
+/// first time (the same bytes always give the same rows), in chunks of
+/// about [`CHUNK_BYTES`]: a re-send of a million rows holds one chunk at a
+/// time. No quarantine here: those lines were quarantined the first time.
+pub(crate) struct Reread<'a> {
+    spans: &'a [Span],
+    /// The span being read, and where in it.
+    at: usize,
+    from: Option<u64>,
+    sources: &'a [SourceRoute],
+    cfg: &'a config::Tail,
+    stats: &'a Stats,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl<'a> Reread<'a> {
+    pub(crate) fn new(
+        spans: &'a [Span],
+        sources: &'a [SourceRoute],
+        cfg: &'a config::Tail,
+        stats: &'a Stats,
+    ) -> Reread<'a> {
+        Reread {
+            spans,
+            at: 0,
+            from: None,
+            sources,
+            cfg,
+            stats,
+            host: LineMeta::json(&host_name()),
+            buf: vec![0u8; cfg.read_buffer_bytes],
+        }
+    }
+}
+
+impl Iterator for Reread<'_> {
+    type Item = std::io::Result<Chunk>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let span = self.spans.get(self.at)?;
+        let start = self.from.unwrap_or(span.range.start);
+        let chunk = read_part(self, span, start);
+        match &chunk {
+            Ok(c) if c.end < span.range.end && c.end > start => self.from = Some(c.end),
+            Ok(c) if c.end < span.range.end => {
+                // No line end before the span's: the unterminated last
+                // line of a rotated file, quarantined when it was read.
+                tracing::debug!(path = %span.path.display(), start, end = span.range.end, "no line end in the rest of a span");
+                self.at += 1;
+                self.from = None;
+            }
+            _ => {
+                self.at += 1;
+                self.from = None;
+            }
+        }
+        Some(chunk)
+    }
+}
+
+/// Reads the lines of `span` from `start` into one chunk, up to its end or
+/// to the first line end past [`CHUNK_BYTES`] of rows. `span`'s end must be
+/// a line end.
+fn read_part(r: &mut Reread<'_>, span: &Span, start: u64) -> std::io::Result<Chunk> {
+    let source = &r.sources[span.source];
     let enc = LineEncoder::new(
         &source.encoder,
-        &host,
-        path,
+        &r.host,
+        &span.path,
         None,
-        stats,
-        cfg.max_line_bytes,
+        r.stats,
+        r.cfg.max_line_bytes,
     );
-    let mut splitter = Splitter::new(start, cfg.max_line_bytes);
+    let end = span.range.end;
+    let mut splitter = Splitter::new(start, r.cfg.max_line_bytes);
     let mut builder = ChunkBuilder::new(start);
-    let mut buf = vec![0u8; cfg.read_buffer_bytes];
-    while splitter.fed_offset() < end {
-        let want =
-            usize::try_from(end - splitter.fed_offset()).map_or(buf.len(), |n| n.min(buf.len()));
-        let n = file.read_at(&mut buf[..want], splitter.fed_offset())?;
+    'read: while splitter.fed_offset() < end {
+        let want = usize::try_from(end - splitter.fed_offset())
+            .map_or(r.buf.len(), |n| n.min(r.buf.len()));
+        let n = span
+            .file
+            .read_at(&mut r.buf[..want], splitter.fed_offset())?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("{} ends before offset {end}", path.display()),
+                format!("{} ends before offset {end}", span.path.display()),
             ));
         }
-        splitter.feed(&buf[..n]);
+        splitter.feed(&r.buf[..n]);
         while let Some(piece) = splitter.next_piece() {
             let piece_end = piece.end();
-            // No quarantine here (those lines were quarantined the first
-            // time), so this cannot wait or fail.
-            let _ = enc.piece(piece, path, &mut builder);
+            // Without a quarantine this cannot wait or fail.
+            let _ = enc.piece(piece, &span.path, &mut builder);
             builder.end = piece_end;
+            if builder.data_len() >= CHUNK_BYTES || builder.rows_len() >= CHUNK_ROWS {
+                break 'read;
+            }
         }
     }
-    let path: Arc<Path> = Arc::from(path);
+    let cut = builder.end;
     let origin = Origin {
         route: source.route,
-        file: id,
-        identity,
-        path: &path,
-        handle: &file,
+        source: u16::try_from(span.source).unwrap_or(u16::MAX),
+        file: span.range.file,
+        identity: span.identity,
+        path: &span.path,
+        handle: &span.file,
     };
     Ok(builder
         .take_chunk(&origin)
-        .unwrap_or_else(|| origin.empty_chunk(start, end)))
+        .unwrap_or_else(|| origin.empty_chunk(start, cut.max(start))))
 }
 
 /// Finds a checkpointed file again: at its recorded path, or by identity
@@ -215,63 +316,48 @@ mod tests {
         std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
     }
 
-    // The live file is read as the bot writes it, a line or two per read,
-    // so an interrupted batch can be thousands of chunks of two files in
-    // turn. Each file is opened once for all its chunks: with a descriptor
-    // per chunk, the replay ran out of descriptors and took files that were
-    // there for gone (their rows were then read again by the tailer, and
-    // sent twice).
-    #[test]
-    fn thousands_of_chunks_are_rebuilt_through_one_descriptor_per_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let line = |file: usize, n: usize| {
-            format!(
-                "{{\"ts\":\"2026-11-22T10:00:00Z\",\"event\":\"e{file}\",\"guild_id\":\"{n}\"}}\n"
-            )
-        };
-        let lines = 3000;
+    fn line(file: usize, n: usize) -> String {
+        format!("{{\"ts\":\"2026-11-22T10:00:00Z\",\"event\":\"e{file}\",\"guild_id\":\"{n}\"}}\n")
+    }
+
+    /// `files` files of `lines` lines each, rotated since they were read,
+    /// known to the checkpoints; the line ends of each.
+    fn setup(
+        dir: &Path,
+        files: usize,
+        lines: usize,
+    ) -> (
+        Checkpoints,
+        Vec<FileId>,
+        Vec<Vec<u64>>,
+        Config,
+        Vec<SourceRoute>,
+    ) {
         let mut checkpoints = Checkpoints::default();
         let mut ids = Vec::new();
         let mut offsets = Vec::new();
-        for file in 0..2 {
-            let path = dir.path().join(format!("events{file}.jsonl"));
-            let mut w = File::create(&path).unwrap();
+        for file in 0..files {
+            let path = dir.join(format!("events{file}.jsonl"));
+            let mut w = std::io::BufWriter::new(File::create(&path).unwrap());
             let mut ends = vec![0u64];
             for n in 0..lines {
                 let l = line(file, n);
                 w.write_all(l.as_bytes()).unwrap();
                 ends.push(ends.last().unwrap() + l.len() as u64);
             }
+            drop(w);
             // Rotated since: found again by identity, not by path.
-            let rotated = dir.path().join(format!("events{file}.jsonl.1"));
+            let rotated = dir.join(format!("events{file}.jsonl.1"));
             std::fs::rename(&path, &rotated).unwrap();
             let identity = Identity::of(&File::open(&rotated).unwrap()).unwrap();
             ids.push(checkpoints.register(identity, &path, 0));
             offsets.push(ends);
         }
-        // One line of each file in turn: no two chunks of a file adjacent.
-        let chunks = (0..lines)
-            .flat_map(|n| {
-                (0..2).map({
-                    let offsets = &offsets;
-                    let ids = &ids;
-                    move |f| ChunkRange {
-                        file: ids[f],
-                        start: offsets[f][n],
-                        end: offsets[f][n + 1],
-                    }
-                })
-            })
-            .collect();
-        let manifest = Manifest {
-            token: "t".into(),
-            chunks,
-        };
-        let pattern = dir.path().join("events*.jsonl");
+        let pattern = dir.join("events*.jsonl");
         let config = Config::parse(&format!(
             "[clickhouse]\nurl = \"http://127.0.0.1:1\"\n[[source]]\npaths = [\"{}\"]\n[state]\ndir = \"{}\"\n",
             pattern.display(),
-            dir.path().display()
+            dir.display()
         ))
         .unwrap();
         let schema = Arc::new(Schema::plain(&default_table_columns()).unwrap());
@@ -283,28 +369,98 @@ mod tests {
             exclude: Vec::new(),
             start_at: config::StartAt::Beginning,
         }];
+        (checkpoints, ids, offsets, config, sources)
+    }
+
+    // The live file is read as the bot writes it, a line or two per read,
+    // so an interrupted batch can be thousands of chunks of two files in
+    // turn. Each file is opened once for all its ranges: with a descriptor
+    // per chunk, the replay ran out of descriptors and took files that were
+    // there for gone (their rows were then read again by the tailer, and
+    // sent twice).
+    #[test]
+    fn thousands_of_ranges_are_read_again_through_one_descriptor_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = 3000;
+        let (checkpoints, ids, offsets, config, sources) = setup(dir.path(), 2, lines);
+        // One line of each file in turn: no two ranges of a file adjacent.
+        let chunks = (0..lines)
+            .flat_map(|n| {
+                let (ids, offsets) = (&ids, &offsets);
+                (0..2).map(move |f| ChunkRange {
+                    file: ids[f],
+                    start: offsets[f][n],
+                    end: offsets[f][n + 1],
+                })
+            })
+            .collect();
+        let manifest = Manifest {
+            token: "t".into(),
+            chunks,
+        };
         let stats = Stats::default();
         let before = open_descriptors();
-        let batch = interrupted_batch(&manifest, &checkpoints, &config, &sources, &stats)
-            .expect("the bytes are there");
+        let spans = interrupted(&manifest, &checkpoints, &config, &sources).expect("found");
         let held = open_descriptors().saturating_sub(before);
-        assert_eq!(batch.rows, 2 * lines, "every row rebuilt");
         assert!(
             held <= 8,
-            "{held} descriptors held for {} chunks",
-            batch.chunks.len()
+            "{held} descriptors held for {} spans",
+            spans.len()
         );
+        assert_eq!(spans.len(), 2 * lines, "the manifest's own order kept");
+        let chunks: Vec<Chunk> = Reread::new(&spans, &sources, &config.tail, &stats)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(
-            batch.chunks.len(),
-            2 * lines,
-            "the manifest's own order kept"
+            chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
+            2 * lines
         );
-        assert_eq!(batch.chunks[1].end, offsets[1][1]);
+        assert_eq!((chunks[1].file, chunks[1].end), (ids[1], offsets[1][1]));
 
-        // Adjacent ranges of one file are read as one.
+        // Adjacent ranges of one file are one span.
         let mut one_file = manifest.clone();
         one_file.chunks.retain(|c| c.file == ids[0]);
-        let batch = interrupted_batch(&one_file, &checkpoints, &config, &sources, &stats).unwrap();
-        assert_eq!((batch.chunks.len(), batch.rows), (1, lines));
+        let spans = interrupted(&one_file, &checkpoints, &config, &sources).unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].range.end, offsets[0][lines]);
+    }
+
+    // A stream's million rows are read again a chunk at a time, cut at
+    // line ends, covering every byte once.
+    #[test]
+    fn a_long_span_is_read_again_in_bounded_chunks_at_line_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = 20_000;
+        let (checkpoints, ids, offsets, config, sources) = setup(dir.path(), 1, lines);
+        let from = 7;
+        let manifest = Manifest {
+            token: "t".into(),
+            chunks: vec![ChunkRange {
+                file: ids[0],
+                start: offsets[0][from],
+                end: offsets[0][lines],
+            }],
+        };
+        let spans = interrupted(&manifest, &checkpoints, &config, &sources).unwrap();
+        let stats = Stats::default();
+        let chunks: Vec<Chunk> = Reread::new(&spans, &sources, &config.tail, &stats)
+            .map(Result::unwrap)
+            .collect();
+        assert!(chunks.len() > 5, "{} chunks", chunks.len());
+        let mut at = offsets[0][from];
+        for c in &chunks {
+            assert_eq!(c.start, at, "contiguous");
+            assert!(
+                offsets[0].binary_search(&c.end).is_ok(),
+                "cut at a line end"
+            );
+            assert!(c.data.len() < CHUNK_BYTES + 4096, "{} bytes", c.data.len());
+            at = c.end;
+        }
+        assert_eq!(at, offsets[0][lines]);
+        assert_eq!(
+            chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
+            lines - from
+        );
     }
 }

@@ -189,6 +189,9 @@ pub struct Batch {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub max_wait: Duration,
+    /// The most rows one streamed catch-up INSERT carries (README,
+    /// "Catch-up"); 0: never streamed.
+    pub catch_up_rows: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -70,6 +70,7 @@ pub(super) struct RawBatch {
     pub(super) max_rows: Option<Spanned<i64>>,
     pub(super) max_bytes: Option<Spanned<ByteSize>>,
     pub(super) max_wait: Option<Spanned<String>>,
+    pub(super) catch_up_rows: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -206,6 +206,29 @@ impl Validator<'_> {
         }
     }
 
+    /// `batch.catch_up_rows`: 0 (never streamed), or from `batch.max_rows`
+    /// up to [`MAX_CATCH_UP_ROWS`] (under the server's 1,048,576-row
+    /// block, so that a stream is one atomic insert).
+    fn catch_up_rows(&mut self, v: Option<Spanned<i64>>, max_rows: usize) -> usize {
+        let Some(v) = v else {
+            return MAX_CATCH_UP_ROWS.max(max_rows);
+        };
+        match usize::try_from(*v.get_ref()) {
+            Ok(0) => 0,
+            Ok(n) if (max_rows..=MAX_CATCH_UP_ROWS).contains(&n) => n,
+            _ => {
+                self.problem(
+                    "batch.catch_up_rows",
+                    Some(v.span()),
+                    format!(
+                        "must be 0 (no streamed catch-up) or from batch.max_rows ({max_rows}) to {MAX_CATCH_UP_ROWS}"
+                    ),
+                );
+                0
+            }
+        }
+    }
+
     fn bytes(&mut self, key: &str, v: Option<Spanned<ByteSize>>, default: usize) -> usize {
         let Some(v) = v else { return default };
         let parsed = match v.get_ref() {
@@ -545,11 +568,14 @@ impl Validator<'_> {
     /// `[batch]` and `[queue]`, which must hold at least a batch.
     fn batch_and_queue(&mut self, batch: RawBatch, queue: RawQueue) -> (Batch, Queue) {
         let batch_rows_span = batch.max_rows.as_ref().map(|v| v.span());
-        let batch = Batch {
+        let catch_up = batch.catch_up_rows;
+        let mut batch = Batch {
             max_rows: self.count("batch.max_rows", batch.max_rows, 50_000),
             max_bytes: self.bytes("batch.max_bytes", batch.max_bytes, 8 << 20),
             max_wait: self.duration("batch.max_wait", batch.max_wait, Duration::from_secs(1)),
+            catch_up_rows: 0,
         };
+        batch.catch_up_rows = self.catch_up_rows(catch_up, batch.max_rows);
         let queue_rows_default = (batch.max_rows * 4).max(100_000);
         let queue_bytes_default = (batch.max_bytes * 2).max(16 << 20);
         let queue = Queue {
@@ -733,6 +759,11 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// Parses "123", "64KiB", "16MiB", "1GiB", "10kB", "5MB".
+/// The most rows a streamed catch-up INSERT may carry: below the 1,048,576
+/// rows at which the server cuts an INSERT into blocks it commits one by
+/// one.
+pub(super) const MAX_CATCH_UP_ROWS: usize = 1_000_000;
+
 pub fn parse_bytes(s: &str) -> Option<usize> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

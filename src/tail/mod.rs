@@ -55,8 +55,8 @@ pub use paths::{
     file_names, has_compressed_magic, is_compressed_name, line_body, rotations_of_pattern,
     source_near,
 };
-use read::{CHUNK_ROWS, ReadError, Sink, Waiting, commit_past, flush_incomplete, read_file};
-pub(crate) use read::{ChunkBuilder, LineEncoder, Origin, host_name};
+pub(crate) use read::{CHUNK_BYTES, CHUNK_ROWS, ChunkBuilder, LineEncoder, Origin, host_name};
+use read::{ReadError, Sink, Waiting, commit_past, flush_incomplete, read_file};
 
 /// A renamed-away file that has not grown for this long, read to its end,
 /// is released.

@@ -31,8 +31,8 @@ use crate::stats::Stats;
 /// mmap threshold (128 KiB, main.rs) with room for a row: a chunk's copy
 /// then comes from the heap, not from fresh zeroed pages (the page faults
 /// were a twentieth of chtail's CPU at 128 KiB).
-pub(super) const CHUNK_BYTES: usize = 112 << 10;
-pub(super) const CHUNK_ROWS: usize = 4096;
+pub(crate) const CHUNK_BYTES: usize = 112 << 10;
+pub(crate) const CHUNK_ROWS: usize = 4096;
 
 /// Turns lines into rows, and rejected lines into quarantine records.
 pub(crate) struct LineEncoder<'a> {
@@ -95,6 +95,7 @@ pub(crate) struct ChunkBuilder {
 /// Where a chunk's lines come from.
 pub(crate) struct Origin<'a> {
     pub(crate) route: u16,
+    pub(crate) source: u16,
     pub(crate) file: FileId,
     pub(crate) identity: Identity,
     pub(crate) path: &'a Arc<Path>,
@@ -107,6 +108,7 @@ impl Origin<'_> {
     pub(crate) fn empty_chunk(&self, start: u64, end: u64) -> Chunk {
         Chunk {
             route: self.route,
+            source: self.source,
             file: self.file,
             identity: self.identity,
             path: self.path.clone(),
@@ -122,9 +124,16 @@ impl Origin<'_> {
 }
 
 impl Tracked {
+    /// The source index as chunks carry it (the sources are a config's,
+    /// far fewer than 65,536).
+    fn source_index(&self) -> u16 {
+        u16::try_from(self.source).unwrap_or(u16::MAX)
+    }
+
     fn origin(&self, route: u16) -> Origin<'_> {
         Origin {
             route,
+            source: self.source_index(),
             file: self.id,
             identity: self.identity,
             path: &self.path,
@@ -162,12 +171,22 @@ impl ChunkBuilder {
     }
 
     /// The lines built so far, as a chunk; the builder goes on after them.
+    /// Bytes of rows, and rows, taken so far.
+    pub(crate) fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub(crate) fn rows_len(&self) -> usize {
+        self.rows.len()
+    }
+
     pub(crate) fn take_chunk(&mut self, origin: &Origin<'_>) -> Option<Chunk> {
         if self.end == self.start {
             return None;
         }
         let chunk = Chunk {
             route: origin.route,
+            source: origin.source,
             file: origin.file,
             identity: origin.identity,
             path: origin.path.clone(),
@@ -194,6 +213,7 @@ pub(super) fn read_file(
     // Field by field: the splitter is borrowed mutably beside it.
     let origin = Origin {
         route: sink.route,
+        source: t.source_index(),
         file: t.id,
         identity: t.identity,
         path: &t.path,

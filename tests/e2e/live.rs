@@ -686,3 +686,154 @@ fn rollups_inherit_the_duplicates_of_18_16_with_kill_9() {
     let _one = one_at_a_time();
     rollups_live(shared(), "live_rollups_kill", "events.jsonl", true);
 }
+
+// Issue 13: catch-up streams (README, "Catch-up"). 600,000 events wait in
+// the live file when chtail first starts; the bot then writes 300,000 more
+// at its pace, its first write rotating the backlog away. chtail is
+// SIGKILLed at random moments, the first ones while it streams the backlog
+// (a stream killed before its end commits nothing; one killed after its
+// manifest is re-sent whole under its token): on the modern server, not
+// one row lost or twice, in streams of more than `batch.max_rows`.
+fn catch_up_streams_with_kills(name: &str, glob: &str) {
+    let ch = ClickHouse::modern("");
+    let env = Env::new(&ch, name, glob, DEFAULTS);
+    let history = 600_000;
+    support::append(&env.log("events.jsonl"), 0, history);
+    let live = BOT_RATE * BOT_SECS;
+    let n = history + live;
+    let mut rng = support::XorShift(0x9e3779b97f4a7c15);
+    let mut kills = 0;
+    let mut peak = 0;
+    let mut logs = String::new();
+    // Short lives first, while the backlog streams.
+    for _ in 0..4 {
+        let mut chtail = env.start();
+        std::thread::sleep(Duration::from_millis(300 + rng.next() % 900));
+        peak = peak.max(peak_rss_kib(chtail.pid()));
+        chtail.kill9();
+        logs = chtail.logs();
+        kills += 1;
+    }
+    let mut writer = Writer::start(
+        &env.log("events.jsonl"),
+        "rotating",
+        history,
+        live,
+        4 << 20,
+        BOT_RATE,
+    );
+    while writer.running() {
+        let mut chtail = env.start();
+        let until = Instant::now() + Duration::from_millis(1000 + rng.next() % 2000);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+            peak = peak.max(peak_rss_kib(chtail.pid()));
+        }
+        chtail.kill9();
+        kills += 1;
+    }
+    let rate = writer.finish();
+    let mut chtail = env.start();
+    let (distinct, dups) = support::finish(&ch, &env.table(), n, &mut chtail, SHORT * 2);
+    let logs = format!("{logs}{}", chtail.logs());
+    let streams = logs.matches("catch-up stream inserted").count();
+    let replays = logs
+        .matches("re-sending the batch that was in flight")
+        .count();
+    println!(
+        "{name}: {history} events of backlog + {live} written at {rate:.0}/s, kill -9 x{kills}: \
+         {distinct} of {n} arrived, {dups} duplicated; {streams} catch-up streams, {replays} \
+         interrupted inserts re-sent; peak RSS {peak} KiB"
+    );
+    assert_eq!((distinct, dups), (n, 0), "{logs}");
+    assert!(streams >= 1, "no catch-up stream: {logs}");
+    assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
+    assert!(
+        rate >= BOT_RATE as f64 * 0.5,
+        "the writer reached only {rate:.0} events/s: not the bot's pace"
+    );
+}
+
+#[test]
+fn modern_server_catch_up_streams_with_kill_9_live_name_only() {
+    let _one = one_at_a_time();
+    catch_up_streams_with_kills("live_streams_narrow", "events.jsonl");
+}
+
+#[test]
+fn modern_server_catch_up_streams_with_kill_9_rotated_names_too() {
+    let _one = one_at_a_time();
+    catch_up_streams_with_kills("live_streams_wide", "events.jsonl*");
+}
+
+// A stream the server rejects as bad data (three poisoned lines in the
+// backlog) is sent again as batches, and those split until the bad rows
+// stand alone: they are quarantined, every other row arrives once. Then the
+// server freezes for longer than `request_timeout` while 300,000 more
+// events land at once and the bot writes at its pace: the stream that was
+// cut short is re-sent, read again from the files.
+#[test]
+fn modern_server_a_rejected_or_frozen_stream_is_re_sent_and_only_bad_rows_quarantined() {
+    let _one = one_at_a_time();
+    let ch = ClickHouse::modern("");
+    let env = Env::new(&ch, "live_streams_bad", "events.jsonl", DEFAULTS);
+    ch.reject_rows_with("poison-pill");
+    let log = env.log("events.jsonl");
+    let history = 200_000;
+    support::append(&log, 0, 100_000);
+    for seq in [100_000u64, 100_001, 100_002] {
+        let line = support::event(seq)
+            .replace("\"event\": \"app_command\"", "\"event\": \"poison-pill\"")
+            .replace("\"event\": \"interaction\"", "\"event\": \"poison-pill\"");
+        support::append_raw(&log, format!("{line}\n").as_bytes());
+    }
+    support::append(&log, 100_003, history);
+    let mut chtail = env.start();
+    support::wait_until(SHORT, "the good rows of the backlog", || {
+        support::count(&ch, &env.table()) >= history - 3
+    });
+    let mut peak = peak_rss_kib(chtail.pid());
+    ch.freeze();
+    let bulk = 300_000;
+    support::append(&log, history, history + bulk);
+    let live = BOT_RATE * BOT_SECS;
+    let mut writer = Writer::start(&log, "rotating", history + bulk, live, 4 << 20, BOT_RATE);
+    let frozen = Instant::now();
+    while frozen.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_millis(200));
+        peak = peak.max(peak_rss_kib(chtail.pid()));
+    }
+    ch.thaw();
+    while writer.running() {
+        std::thread::sleep(Duration::from_millis(200));
+        peak = peak.max(peak_rss_kib(chtail.pid()));
+    }
+    let rate = writer.finish();
+    let n = history + bulk + live - 3;
+    let (distinct, dups) = support::finish(&ch, &env.table(), n, &mut chtail, SHORT * 2);
+    let logs = chtail.logs();
+    let q = std::fs::read_to_string(env.state.join("quarantine.jsonl")).unwrap_or_default();
+    println!(
+        "a poisoned backlog of {history}, then a 12 s freeze while {bulk} landed at once and the \
+         bot wrote {live} at {rate:.0}/s: {distinct} of {n} arrived, {dups} duplicated, {} lines \
+         quarantined, {} streams; peak RSS {peak} KiB",
+        q.lines().count(),
+        logs.matches("catch-up stream inserted").count()
+    );
+    assert_eq!((distinct, dups), (n, 0), "{logs}");
+    assert_eq!(q.lines().count(), 3, "{q}");
+    assert!(
+        q.lines()
+            .all(|l| l.contains("poison-pill") && l.contains("rejected_by_server")),
+        "{q}"
+    );
+    assert!(
+        logs.contains("rejected a catch-up stream as bad data"),
+        "{logs}"
+    );
+    assert!(peak < PEAK_RSS_KIB, "peak RSS {peak} KiB");
+    assert!(
+        rate >= BOT_RATE as f64 * 0.5,
+        "the writer reached only {rate:.0} events/s: not the bot's pace"
+    );
+}
