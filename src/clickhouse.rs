@@ -559,7 +559,11 @@ impl Server {
             .with_setting("min_insert_block_size_rows", "1048576")
             .with_setting("min_insert_block_size_bytes", "268435456")
             .with_setting("max_insert_block_size", "1048576");
-        Stream { insert, native }
+        Stream {
+            insert,
+            native: native.map(|n| n.layout.cutter()),
+            blocks: Vec::new(),
+        }
     }
 
     fn open_insert(
@@ -600,7 +604,10 @@ impl Server {
 /// An open catch-up INSERT; see [`Server::stream`].
 pub(crate) struct Stream<'a> {
     insert: clickhouse::insert_formatted::InsertFormatted,
-    native: Option<&'a Native>,
+    /// Cuts Native blocks by the rows alone, from the stream's start: the
+    /// same rows read again make the same blocks, the same INSERT.
+    native: Option<crate::native::Cutter<'a>>,
+    blocks: Vec<bytes::Bytes>,
 }
 
 impl Stream<'_> {
@@ -610,18 +617,11 @@ impl Stream<'_> {
         if part.is_empty() {
             return Ok(());
         }
-        let Some(native) = self.native else {
+        let Some(cutter) = self.native.as_mut() else {
             return self.send(part.clone()).await;
         };
-        for block in native.layout.blocks(std::slice::from_ref(part)) {
-            // Never seen: the rows and the layout come from one schema.
-            // Taken as bad data, the stream is split into batches, which
-            // go as RowBinary if their Native blocks cannot be made.
-            let block = block.map_err(|m| Failure {
-                class: Class::BadData,
-                code: None,
-                message: format!("a Native block could not be made (please report this): {m}"),
-            })?;
+        cutter.push(part, &mut self.blocks).map_err(malformed)?;
+        for block in std::mem::take(&mut self.blocks) {
             self.send(block).await?;
         }
         Ok(())
@@ -632,8 +632,22 @@ impl Stream<'_> {
     }
 
     /// Ends the body: only `Ok` means the rows are committed.
-    pub(crate) async fn end(self) -> Result<(), Failure> {
+    pub(crate) async fn end(mut self) -> Result<(), Failure> {
+        if let Some(last) = self.native.as_mut().and_then(crate::native::Cutter::end) {
+            self.send(last).await?;
+        }
         self.insert.end().await.map_err(|e| classify(&e))
+    }
+}
+
+/// Never seen: the rows and the layout come from one schema. Taken as bad
+/// data, the stream is split into batches, which go as RowBinary if their
+/// Native blocks cannot be made.
+fn malformed(m: crate::native::Malformed) -> Failure {
+    Failure {
+        class: Class::BadData,
+        code: None,
+        message: format!("a Native block could not be made (please report this): {m}"),
     }
 }
 

@@ -113,6 +113,54 @@ impl Layout {
             builders: self.columns.iter().map(|c| Builder::new(c.wire)).collect(),
         }
     }
+
+    /// Native blocks of rows given part by part (a stream's chunks as they
+    /// come): cut exactly as [`Layout::blocks`] cuts the same rows however
+    /// they are split into parts, so a stream read again makes the same
+    /// blocks.
+    pub fn cutter(&self) -> Cutter<'_> {
+        Cutter {
+            blocks: self.blocks(&[]),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// See [`Layout::cutter`].
+pub struct Cutter<'a> {
+    blocks: Blocks<'a>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Cutter<'_> {
+    /// Takes the rows of `part`; the blocks they complete go to `out`.
+    pub fn push(&mut self, part: &[u8], out: &mut Vec<Bytes>) -> Result<(), Malformed> {
+        let mut at = 0;
+        while at < part.len() {
+            let len = self.blocks.take_row(&part[at..])?;
+            if len == 0 {
+                return Err(Malformed("a row of no bytes".into()));
+            }
+            at += len;
+            self.rows += 1;
+            self.bytes += len;
+            if self.rows >= MAX_BLOCK_ROWS || self.bytes >= BLOCK_BYTES {
+                out.push(self.blocks.finish(self.rows));
+                self.rows = 0;
+                self.bytes = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last block, of the rows taken since the last one was cut.
+    pub fn end(&mut self) -> Option<Bytes> {
+        let rows = std::mem::take(&mut self.rows);
+        self.bytes = 0;
+        (rows > 0).then(|| self.blocks.finish(rows))
+    }
 }
 
 fn wire(type_name: &str, ty: &ColumnType) -> Option<Wire> {
@@ -546,6 +594,16 @@ mod tests {
         let b: Vec<Bytes> = l.blocks(&many).map(Result::unwrap).collect();
         assert_eq!(a, b);
         assert_eq!(a.len(), 3);
+        // Given part by part, as a stream gets them, in other cuts still.
+        for size in [4 * 777, 4 * 30_000] {
+            let mut cutter = l.cutter();
+            let mut c = Vec::new();
+            for part in all.chunks(size) {
+                cutter.push(part, &mut c).unwrap();
+            }
+            c.extend(cutter.end());
+            assert_eq!(a, c, "parts of {size} bytes");
+        }
         assert_eq!(&a[2][..2], &[1, 5]);
         assert!(l.blocks(&[]).next().is_none());
         // Tiny rows: cut by count.
