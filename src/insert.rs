@@ -238,12 +238,17 @@ impl Inserter {
                 times.push((chunk.times.iter().sum(), chunk.times.len()));
             }
             Span::extend(&mut spans, Span::of(&chunk));
-            if let (Some(stream), None) = (open.as_mut(), &failure)
-                && let Err(f) = stream.rows(&chunk.data).await
-            {
-                // The rest still comes through `more`, to be re-sent.
-                failure = Some(f);
-                open = None;
+            if let (Some(stream), None) = (open.as_mut(), &failure) {
+                match stream.rows(&chunk.data).await {
+                    // A stream that moves is not stuck, however long it
+                    // lasts (the watchdog's grace is per exchange).
+                    Ok(()) => self.liveness.insert_started.now(),
+                    Err(f) => {
+                        // The rest still comes through `more`, to be re-sent.
+                        failure = Some(f);
+                        open = None;
+                    }
+                }
             }
         }
         let ranges: Vec<ChunkRange> = spans.iter().map(|s| s.range).collect();
@@ -364,6 +369,7 @@ impl Inserter {
             if let Err(f) = stream.rows(&chunk.data).await {
                 return (Err(f), rows);
             }
+            self.liveness.insert_started.now();
         }
         (stream.end().await, rows)
     }
