@@ -174,6 +174,27 @@ impl Inserter {
             return true;
         };
         let route = self.sources[first.source].route;
+        if !self.version.refuses_cut_bodies() {
+            // Such a server commits what arrived of a body cut short, and a
+            // body cut at a block's end looks whole to it: the batch (at
+            // most `batch.max_rows` there, no streams) is read whole first,
+            // so that its blocks go out back to back, as the first time.
+            let (sources, tail, stats) =
+                (self.sources.clone(), self.tail.clone(), self.stats.clone());
+            let mut batch = Batch::default();
+            for chunk in Reread::new(spans, &sources, &tail, &stats) {
+                match chunk {
+                    Ok(c) => batch.push(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read rows of the interrupted batch again; they are not re-sent")
+                    }
+                }
+            }
+            if batch.chunks.is_empty() {
+                return true;
+            }
+            return self.deliver(&batch, token).await && self.commit_ranges(spans, &[]).await;
+        }
         let mut backoff = Backoff::new(self.retry.0, self.retry.1);
         match self.resend(route, spans, token, &mut backoff).await {
             Ok(()) => self.commit_ranges(spans, &[]).await,
