@@ -237,6 +237,20 @@ fn files_born_and_rotated_while_chtail_is_down_are_all_read() {
 
 /// chtail SIGKILLed at random moments while the bot writes and rotates at
 /// its pace, restarted half a second later each time.
+/// Runs chtail for a random 1 to 3 s, sampling its RSS, then SIGKILLs
+/// it; returns the peak RSS seen.
+fn live_then_kill(env: &Env, rng: &mut support::XorShift) -> u64 {
+    let mut chtail = env.start();
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_millis(1000 + rng.next() % 2000);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        peak = peak.max(peak_rss_kib(chtail.pid()));
+    }
+    chtail.kill9();
+    peak
+}
+
 fn kill_9_during(name: &str, glob: &str, ch: &ClickHouse) {
     let max_rows = 50_000; // the default: what one kill can leave in flight
     let env = Env::new(ch, name, glob, DEFAULTS);
@@ -246,13 +260,7 @@ fn kill_9_during(name: &str, glob: &str, ch: &ClickHouse) {
     let mut peak = 0;
     let mut rng = support::XorShift(0x2545f4914f6cdd1d);
     while writer.running() {
-        let mut chtail = env.start();
-        let until = Instant::now() + Duration::from_millis(1000 + rng.next() % 2000);
-        while Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
-            peak = peak.max(peak_rss_kib(chtail.pid()));
-        }
-        chtail.kill9();
+        peak = peak.max(live_then_kill(&env, &mut rng));
         kills += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -732,13 +740,7 @@ fn catch_up_streams_with_kills(name: &str, glob: &str) {
         BOT_RATE,
     );
     while writer.running() {
-        let mut chtail = env.start();
-        let until = Instant::now() + Duration::from_millis(1000 + rng.next() % 2000);
-        while Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
-            peak = peak.max(peak_rss_kib(chtail.pid()));
-        }
-        chtail.kill9();
+        peak = peak.max(live_then_kill(&env, &mut rng));
         kills += 1;
     }
     let rate = writer.finish();
