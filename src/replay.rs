@@ -226,7 +226,8 @@ fn read_part(r: &mut Reread<'_>, span: &Span, start: u64) -> std::io::Result<Chu
         while let Some(piece) = splitter.next_piece() {
             let piece_end = piece.end();
             // Without a quarantine this cannot wait or fail.
-            let _ = enc.piece(piece, &span.path, &mut builder);
+            let row = enc.piece(piece, &span.path, &mut builder).unwrap_or(false);
+            enc.count(1, u64::from(row));
             builder.end = piece_end;
             if builder.data_len() >= CHUNK_BYTES || builder.rows_len() >= CHUNK_ROWS {
                 break 'read;

@@ -438,19 +438,28 @@ pub fn write_default(ty: &ColumnType, out: &mut Vec<u8>) {
 
 /// A string column's text: a JSON string unescaped, anything else as its
 /// JSON text (a bot that writes `"guild_id": 123` still fills the column).
+#[inline]
 pub fn text_of(raw: &str) -> Result<Cow<'_, str>, String> {
     if let Some(inner) = raw.strip_prefix('"') {
         // Without escapes the text is what lies between the quotes (the
         // line was validated as JSON already); with them, decode.
         match inner.strip_suffix('"') {
-            Some(text) if !text.contains('\\') => Ok(Cow::Borrowed(text)),
-            _ => serde_json::from_str::<String>(raw)
-                .map(Cow::Owned)
-                .map_err(|e| e.to_string()),
+            Some(text) if !super::flat::has_backslash(text) => Ok(Cow::Borrowed(text)),
+            _ => unescaped(raw),
         }
     } else {
         Ok(Cow::Borrowed(raw))
     }
+}
+
+/// A JSON string with escapes, decoded: out of line, so that [`text_of`]
+/// stays small enough to inline on the hot path.
+#[cold]
+#[inline(never)]
+fn unescaped(raw: &str) -> Result<Cow<'_, str>, String> {
+    serde_json::from_str::<String>(raw)
+        .map(Cow::Owned)
+        .map_err(|e| e.to_string())
 }
 
 fn string_only<'a>(raw: &'a str, what: &str) -> Result<Cow<'a, str>, String> {
@@ -701,6 +710,7 @@ fn nearest_f32(v: f64) -> f32 {
 }
 
 /// ClickHouse's unsigned LEB128, used for string and array lengths.
+#[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v.to_le_bytes()[0] | 0x80);

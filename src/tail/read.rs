@@ -242,20 +242,30 @@ pub(super) fn read_file(
             .bytes_read
             .fetch_add(n as u64, Ordering::Relaxed);
         t.splitter.feed(&buf[..n]);
+        let (mut lines, mut rows) = (0, 0);
         while let Some(piece) = t.splitter.next_piece() {
             let end = piece.end();
-            sink.enc
-                .piece(piece, origin.path, builder)
-                .map_err(|_| ReadError::Cancelled)?;
+            lines += 1;
+            match sink.enc.piece(piece, origin.path, builder) {
+                Ok(row) => rows += u64::from(row),
+                Err(Cancelled) => {
+                    sink.enc.count(lines - 1, rows);
+                    return Err(ReadError::Cancelled);
+                }
+            }
             builder.end = end;
             if (builder.data.len() >= CHUNK_BYTES || builder.rows.len() >= sink.chunk_rows)
                 && let Some(c) = builder.take_chunk(&origin)
             {
+                // Counted before a push that may wait for room.
+                sink.enc.count(lines, rows);
+                (lines, rows) = (0, 0);
                 sink.queue
                     .push(c, || sink.waiting.go_on())
                     .map_err(|_| ReadError::Cancelled)?;
             }
         }
+        sink.enc.count(lines, rows);
         budget = budget.saturating_sub(n);
         if budget == 0 {
             break;
@@ -301,7 +311,9 @@ impl<'a> LineEncoder<'a> {
         }
     }
 
-    /// Turns one piece into a row in `b`, or into a quarantine record.
+    /// Turns one piece into a row in `b` (`Ok(true)`), or into a
+    /// quarantine record or nothing (`Ok(false)`); the caller counts both
+    /// with [`LineEncoder::count`], once per read rather than per line.
     /// `Err` only when told to stop while the quarantine could not be
     /// written: the line was then not dealt with, and nothing past it may
     /// be handed out.
@@ -310,12 +322,11 @@ impl<'a> LineEncoder<'a> {
         piece: Piece<'_>,
         path: &Path,
         b: &mut ChunkBuilder,
-    ) -> Result<(), Cancelled> {
-        self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<bool, Cancelled> {
         match piece {
             Piece::Line { start, line } => {
                 let Some(line) = line_body(line, start) else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 let meta = LineMeta {
                     path: &self.path,
@@ -337,10 +348,11 @@ impl<'a> LineEncoder<'a> {
                             // line is at most MAX_LINE_LIMIT: far below 4 GiB.
                             end: u32::try_from(b.data.len()).expect("a chunk under 4 GiB"),
                         });
-                        self.stats.rows_parsed.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
+                        Ok(true)
                     }
-                    Err(reject) => self.reject(path, start, &reject, line, false),
+                    Err(reject) => self
+                        .reject(path, start, &reject, line, false)
+                        .map(|()| false),
                 }
             }
             Piece::TooLong { start, len, head } => {
@@ -349,8 +361,16 @@ impl<'a> LineEncoder<'a> {
                     max: self.max_line,
                 };
                 self.reject(path, start, &reject, head, true)
+                    .map(|()| false)
             }
         }
+    }
+
+    /// Adds what [`LineEncoder::piece`] did to the metrics: `lines`
+    /// pieces, `rows` of them rows.
+    pub(crate) fn count(&self, lines: u64, rows: u64) {
+        self.stats.lines_read.fetch_add(lines, Ordering::Relaxed);
+        self.stats.rows_parsed.fetch_add(rows, Ordering::Relaxed);
     }
 
     /// Writes a quarantine record, waiting while the quarantine file cannot
