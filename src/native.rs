@@ -262,7 +262,9 @@ impl Dictionary {
     /// The index of `v`, and whether it was new.
     fn index_of(&mut self, v: &[u8]) -> Result<(u32, bool), Malformed> {
         let found = if self.values.len() <= Self::SMALL {
-            self.values.iter().position(|x| x == v)
+            self.values
+                .iter()
+                .position(|x| crate::parse::flat::same_bytes(x, v))
         } else {
             self.by_value.get(v).map(|&i| i as usize)
         };

@@ -42,7 +42,11 @@ pub(super) fn has_backslash(text: &str) -> bool {
         zero(w ^ backslashes) != 0
     });
     // Under eight bytes: a loop, not `contains`' call to `memchr`.
-    found || words.remainder().iter().fold(false, |seen, &b| seen | (b == b'\\'))
+    found
+        || words
+            .remainder()
+            .iter()
+            .fold(false, |seen, &b| seen | (b == b'\\'))
 }
 
 /// Where the first `"`, `\\` or control character at or after `at` is:
@@ -61,6 +65,30 @@ fn stop(b: &[u8], mut at: usize) -> Option<usize> {
         .iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
     Some(at + i)
+}
+
+/// Whether `a` and `b` hold the same bytes: keys and dictionary values are
+/// short, and two overlapping loads of each cost less than a call to
+/// `memcmp`.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word4(s: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes"))
+    }
+    fn word8(s: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"))
+    }
+    let n = a.len();
+    if b.len() != n {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+        _ => a == b,
+    }
 }
 
 struct Cursor<'a> {
@@ -310,6 +338,15 @@ mod tests {
             prop_assert_eq!(stop(&bytes, from), want);
             let text = String::from_utf8_lossy(&bytes);
             prop_assert_eq!(has_backslash(&text), text.contains('\\'));
+            // Against itself with one byte changed, and against its prefixes.
+            for i in 0..bytes.len() {
+                let mut other = bytes.clone();
+                other[i] ^= 1 << (i % 8);
+                prop_assert!(!same_bytes(&bytes, &other));
+                prop_assert!(same_bytes(&bytes[..i], &other[..i]));
+                prop_assert!(!same_bytes(&bytes[..i], &bytes));
+            }
+            prop_assert!(same_bytes(&bytes, &bytes.clone()));
         });
     }
 

@@ -11,7 +11,7 @@
 //! never stops the pipeline. A column type chtail cannot write is reported
 //! at start-up ([`UnsupportedColumn`]), never mid-stream.
 
-mod flat;
+pub(crate) mod flat;
 mod reject;
 mod schema;
 pub mod time;
@@ -186,7 +186,10 @@ impl Encoder {
     /// The column `key` fills, if any.
     fn column_of(&self, key: &str) -> Option<usize> {
         match self.by_len.get(key.len()) {
-            Some(same) => same.iter().find(|(k, _)| k == key).map(|&(_, i)| i),
+            Some(same) => same
+                .iter()
+                .find(|(k, _)| flat::same_bytes(k.as_bytes(), key.as_bytes()))
+                .map(|&(_, i)| i),
             None => self.index.get(key).copied(),
         }
     }
