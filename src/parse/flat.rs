@@ -95,6 +95,8 @@ struct Cursor<'a> {
     s: &'a str,
     b: &'a [u8],
     at: usize,
+    /// Whether a string value so far had an escape.
+    escaped: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -127,6 +129,7 @@ impl<'a> Cursor<'a> {
             if plain {
                 return None;
             }
+            self.escaped = true;
             match *self.b.get(self.at + 1)? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
                 b'u' => {
@@ -208,12 +211,18 @@ impl<'a> Cursor<'a> {
 
 /// Walks the object on `line` (valid UTF-8), calling `field(key, raw)` for
 /// each key and value in order. `None` if the line is not a flat object
-/// this path takes; serde_json's path then reads it.
-pub(super) fn fields<'a>(line: &'a str, mut field: impl FnMut(&'a str, &'a str)) -> Option<()> {
+/// this path takes (serde_json's path then reads it); else whether any
+/// string value had an escape (without one, a string's text is what lies
+/// between its quotes).
+pub(super) fn fields<'a>(
+    line: &'a str,
+    mut field: impl FnMut(&'a str, &'a str),
+) -> Option<Escapes> {
     let mut c = Cursor {
         s: line,
         b: line.as_bytes(),
         at: 0,
+        escaped: false,
     };
     c.skip_ws();
     if c.peek()? != b'{' {
@@ -253,7 +262,18 @@ pub(super) fn fields<'a>(line: &'a str, mut field: impl FnMut(&'a str, &'a str))
         }
     }
     c.skip_ws();
-    (c.at == line.len()).then_some(())
+    (c.at == line.len()).then_some(if c.escaped {
+        Escapes::Maybe
+    } else {
+        Escapes::None
+    })
+}
+
+/// Whether a line's string values may hold escapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Escapes {
+    None,
+    Maybe,
 }
 
 #[cfg(test)]

@@ -281,8 +281,10 @@ impl Encoder {
         let mut time = None;
         // The flat objects bots write take the fast path; a catch-all
         // column, or anything unusual, serde_json's.
-        let fast = self.catch_all.is_none()
-            && flat::fields(text, |key, raw| {
+        let walked = if self.catch_all.is_some() {
+            None
+        } else {
+            flat::fields(text, |key, raw| {
                 if self.time_key.as_deref() == Some(key) {
                     time = Some(raw);
                 }
@@ -292,8 +294,11 @@ impl Encoder {
                     None => ignored += 1,
                 }
             })
-            .is_some();
-        if !fast {
+        };
+        // Without an escape on the line, a string's text is what lies
+        // between its quotes, with nothing to look for.
+        let unescaped = walked == Some(flat::Escapes::None);
+        if walked.is_none() {
             slots.fill(None);
             ignored = 0;
             time = None;
@@ -328,7 +333,11 @@ impl Encoder {
                         if defaults {
                             out.push(0);
                         }
-                        types::encode(&col.ty, raw, out)
+                        if unescaped {
+                            types::encode_unescaped(&col.ty, raw, out)
+                        } else {
+                            types::encode(&col.ty, raw, out)
+                        }
                     }
                 }
                 Role::Meta(field) => {
@@ -600,6 +609,25 @@ mod tests {
         let mut want = Vec::new();
         string(&mut want, "a\"bé\n\0");
         assert_eq!(out, want);
+    }
+
+    /// A line's strings are taken between their quotes only when none of
+    /// them has an escape: one escape anywhere, even in a key no column
+    /// takes, and every string is decoded.
+    #[test]
+    fn one_escape_on_a_line_decodes_every_string() {
+        let e = enc(&[("a", "String"), ("b", "String")]);
+        for (line, a, b) in [
+            (r#"{"a":"x\\y","b":"plain"}"#, "x\\y", "plain"),
+            (r#"{"a":"plain","b":"q\"u"}"#, "plain", "q\"u"),
+            (r#"{"z":"\n","a":"p","b":"\u00e9"}"#, "p", "é"),
+            (r#"{"a":"p","b":"r"}"#, "p", "r"),
+        ] {
+            let mut want = Vec::new();
+            string(&mut want, a);
+            string(&mut want, b);
+            assert_eq!(row(&e, line).unwrap(), want, "{line}");
+        }
     }
 
     /// Each column type: what a JSON value becomes, byte for byte.
