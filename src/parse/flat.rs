@@ -18,7 +18,7 @@ fn is_ws(b: u8) -> bool {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The high bit of each byte of `w` (read little-endian) that is `"`, `\\`
+/// The high bit of each byte of `w` (read little-endian) that is `"`, `\`
 /// or a control character. Only the lowest one is exact (a borrow can mark
 /// bytes above it), which is all [`stop`] reads.
 fn specials(w: u64) -> u64 {
@@ -49,7 +49,7 @@ pub(super) fn has_backslash(text: &str) -> bool {
             .fold(false, |seen, &b| seen | (b == b'\\'))
 }
 
-/// Where the first `"`, `\\` or control character at or after `at` is:
+/// Where the first `"`, `\` or control character at or after `at` is:
 /// eight bytes at a time (strings are short, so a vector search's setup
 /// costs more than it saves), then byte by byte near the end.
 fn stop(b: &[u8], mut at: usize) -> Option<usize> {

@@ -373,7 +373,10 @@ impl Encoder {
             }
         }
         let time_ms = time.and_then(|raw: &str| {
-            let text = types::text_of(raw).ok()?;
+            let text = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                Some(between) if unescaped => Cow::Borrowed(between),
+                _ => types::text_of(raw).ok()?,
+            };
             if raw.starts_with('"') {
                 time::event_ms(&text)
             } else {

@@ -494,11 +494,47 @@ fn is_number(raw: &str) -> bool {
 }
 
 fn float(raw: &str) -> Result<f64, String> {
+    if let Some(v) = plain_decimal(raw) {
+        return Ok(v);
+    }
     if !is_number(raw) {
         return Err(format!("expected a number, got {}", shown(raw)));
     }
     raw.parse::<f64>()
         .map_err(|_| format!("expected a number, got {}", shown(raw)))
+}
+
+/// A number as bots write most (`-?digits(.digits)?`, 15 digits at most)
+/// without the general parser: the digits as an integer, divided once by
+/// a power of ten. Both are exact in an `f64`, so the one division rounds
+/// correctly and the result is `parse`'s. `None` for anything else.
+fn plain_decimal(raw: &str) -> Option<f64> {
+    const TENS: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, b) = match raw.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        b => (false, b),
+    };
+    let (mut m, mut digits, mut point) = (0u64, 0usize, None);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                m = m * 10 + u64::from(c - b'0');
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+            }
+            b'.' if point.is_none() && i > 0 && i + 1 < b.len() => point = Some(b.len() - i - 1),
+            _ => return None,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    let v = m as f64 / TENS[point.unwrap_or(0)];
+    Some(if negative { -v } else { v })
 }
 
 /// A Decimal's digits: a JSON number, or a string holding one (exact
@@ -736,4 +772,47 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v.to_le_bytes()[0]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The short cut gives `parse`'s value, bit for bit, or leaves the text
+    /// to it.
+    #[test]
+    fn plain_decimals_are_parsed_as_parse_does() {
+        use proptest::prelude::*;
+        proptest!(|(text in "-?[0-9]{0,18}(\\.[0-9]{0,18})?")| {
+            let want = text.parse::<f64>().ok();
+            if let Some(v) = plain_decimal(&text) {
+                prop_assert_eq!(Some(v.to_bits()), want.map(f64::to_bits), "{}", text);
+            }
+        });
+        for (text, v) in [
+            ("15.5", 15.5),
+            ("-0", -0.0),
+            ("0.1", 0.1),
+            ("999999999999999", 999_999_999_999_999.0),
+        ] {
+            assert_eq!(
+                plain_decimal(text).map(f64::to_bits),
+                Some(f64::to_bits(v)),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "-",
+            ".5",
+            "5.",
+            "1e3",
+            "1.2.3",
+            "1234567890123456",
+            "+1",
+            "inf",
+        ] {
+            assert_eq!(plain_decimal(text), None, "{text}");
+        }
+    }
 }
