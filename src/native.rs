@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::parse::{ColumnType, Schema, put_varint};
+use crate::parse::{ColumnType, Schema, put_bytes, put_varint};
 
 /// A block is cut once its rows reach this many RowBinary bytes: the block
 /// and its compressed copy then stay under the allocator's mmap threshold
@@ -312,11 +312,6 @@ fn value(width: Option<usize>, b: &[u8]) -> Option<&[u8]> {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s);
-}
-
 /// The Native blocks of a batch's rows; see [`Layout::blocks`].
 pub struct Blocks<'a> {
     layout: &'a Layout,
@@ -392,8 +387,8 @@ impl Blocks<'_> {
         put_varint(&mut out, self.layout.columns.len() as u64);
         put_varint(&mut out, rows as u64);
         for (col, b) in self.layout.columns.iter().zip(&mut self.builders) {
-            put_str(&mut out, col.name.as_bytes());
-            put_str(&mut out, col.type_name.as_bytes());
+            put_bytes(&mut out, col.name.as_bytes());
+            put_bytes(&mut out, col.type_name.as_bytes());
             match b {
                 Builder::Plain { data, nulls } => {
                     if let Some(n) = nulls {

@@ -37,7 +37,7 @@ pub use reject::{Reject, RejectKind};
 pub use schema::{
     Column, ColumnDef, Schema, UnsupportedColumn, default_table_columns, quote_ident,
 };
-pub use types::{ColumnType, put_varint};
+pub use types::{ColumnType, put_bytes, put_varint};
 
 /// What a column is filled from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,8 +426,7 @@ fn encode_catch_all(
         ColumnType::Map(_, value) => {
             put_varint(out, extras.len() as u64);
             for (k, v) in extras {
-                put_varint(out, k.len() as u64);
-                out.extend_from_slice(k.as_bytes());
+                put_bytes(out, k.as_bytes());
                 types::encode(value, Some(v.get()), out).map_err(|e| format!("key {k:?}: {e}"))?;
             }
             Ok(())
@@ -443,8 +442,7 @@ fn encode_catch_all(
                 text.push_str(v.get());
             }
             text.push('}');
-            put_varint(out, text.len() as u64);
-            out.extend_from_slice(text.as_bytes());
+            put_bytes(out, text.as_bytes());
             Ok(())
         }
     }
@@ -562,8 +560,7 @@ mod tests {
     }
 
     fn string(out: &mut Vec<u8>, s: &str) {
-        put_varint(out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
+        put_bytes(out, s.as_bytes());
     }
 
     #[test]

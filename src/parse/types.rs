@@ -240,8 +240,7 @@ pub fn encode_unescaped(
     if let (ColumnType::String, Some(raw)) = (ty, raw)
         && let Some(text) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"'))
     {
-        put_varint(out, text.len() as u64);
-        out.extend_from_slice(text.as_bytes());
+        put_bytes(out, text.as_bytes());
         return Ok(());
     }
     encode(ty, raw, out)
@@ -268,9 +267,7 @@ pub fn encode(ty: &ColumnType, raw: Option<&str>, out: &mut Vec<u8>) -> Result<(
     match ty {
         ColumnType::Nullable(_) => unreachable!("handled above"),
         ColumnType::String => {
-            let text = text_of(raw)?;
-            put_varint(out, text.len() as u64);
-            out.extend_from_slice(text.as_bytes());
+            put_bytes(out, text_of(raw)?.as_bytes());
         }
         ColumnType::FixedString(n) => {
             let text = text_of(raw)?;
@@ -762,6 +759,13 @@ pub fn object_entries(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde
 )]
 fn nearest_f32(v: f64) -> f32 {
     v as f32
+}
+
+/// A String's RowBinary (and Native) form: its length, then its bytes.
+#[inline]
+pub fn put_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s);
 }
 
 /// ClickHouse's unsigned LEB128, used for string and array lengths.
