@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::parse::{ColumnType, Schema, put_bytes, put_varint};
+use crate::parse::{ColumnType, Schema, extend_short, put_bytes, put_varint};
 
 /// A block is cut once its rows reach this many RowBinary bytes: the block
 /// and its compressed copy then stay under the allocator's mmap threshold
@@ -186,7 +186,10 @@ enum Builder {
     /// The column's bytes as Native has them (for nullable columns, the
     /// values after the null map).
     Plain {
+        /// The value's width (`None`: a varint length and the bytes).
+        width: Option<usize>,
         data: Vec<u8>,
+        /// The null map, for a nullable column.
         nulls: Option<Vec<u8>>,
     },
     LowCardinality {
@@ -211,7 +214,8 @@ impl Builder {
                 b.clear();
                 b
             }
-            Wire::Value { nullable, .. } => Builder::Plain {
+            Wire::Value { width, nullable } => Builder::Plain {
+                width,
                 data: Vec::new(),
                 nulls: nullable.then(Vec::new),
             },
@@ -220,7 +224,7 @@ impl Builder {
 
     fn clear(&mut self) {
         match self {
-            Builder::Plain { data, nulls } => {
+            Builder::Plain { data, nulls, .. } => {
                 data.clear();
                 if let Some(n) = nulls {
                     n.clear();
@@ -289,7 +293,16 @@ impl Dictionary {
 }
 
 /// A varint at the start of `b`: its value and its length.
+#[inline]
 fn varint(b: &[u8]) -> Option<(usize, usize)> {
+    match b.first() {
+        Some(&v) if v < 0x80 => Some((usize::from(v), 1)),
+        _ => long_varint(b),
+    }
+}
+
+#[cold]
+fn long_varint(b: &[u8]) -> Option<(usize, usize)> {
     let mut v: u64 = 0;
     for (i, &byte) in b.iter().enumerate().take(10) {
         v |= u64::from(byte & 0x7f) << (7 * i);
@@ -302,6 +315,7 @@ fn varint(b: &[u8]) -> Option<(usize, usize)> {
 
 /// The value at the start of `b`: `width` bytes, or a varint length and
 /// the bytes.
+#[inline]
 fn value(width: Option<usize>, b: &[u8]) -> Option<&[u8]> {
     match width {
         Some(n) => b.get(..n),
@@ -326,41 +340,36 @@ impl Blocks<'_> {
     /// returns its length.
     fn take_row(&mut self, row: &[u8]) -> Result<usize, Malformed> {
         let mut at = 0;
-        let short = |what: &str| Malformed(format!("row cut short in {what}"));
-        for (col, b) in self.layout.columns.iter().zip(&mut self.builders) {
-            let rest = &row[at..];
-            match (col.wire, b) {
-                (Wire::Value { width, nullable }, Builder::Plain { data, nulls }) => {
-                    let flag = match nulls {
-                        Some(nulls) if nullable => {
-                            let flag = *rest.first().ok_or_else(|| short(&col.name))?;
-                            nulls.push(flag);
-                            at += 1;
-                            flag
-                        }
-                        _ => 0,
-                    };
+        let columns = &self.layout.columns;
+        let short = |i: usize| Malformed(format!("row cut short in {}", columns[i].name));
+        for (i, b) in self.builders.iter_mut().enumerate() {
+            match b {
+                Builder::Plain { width, data, nulls } => {
+                    let mut flag = 0;
+                    if let Some(nulls) = nulls {
+                        flag = *row.get(at).ok_or_else(|| short(i))?;
+                        nulls.push(flag);
+                        at += 1;
+                    }
                     if flag == 0 {
-                        let v = value(width, &row[at..]).ok_or_else(|| short(&col.name))?;
-                        data.extend_from_slice(v);
+                        let v = value(*width, &row[at..]).ok_or_else(|| short(i))?;
+                        extend_short(data, v);
                         at += v.len();
                     } else {
                         // A null's place holds the type's default.
                         data.resize(data.len() + width.unwrap_or(1), 0);
                     }
                 }
-                (Wire::LowCardinality, Builder::LowCardinality { index, keys, rows }) => {
-                    let all = value(None, rest).ok_or_else(|| short(&col.name))?;
-                    let (_, w) = varint(all).ok_or_else(|| short(&col.name))?;
-                    let v = &all[w..];
-                    let (i, new) = index.index_of(v)?;
+                Builder::LowCardinality { index, keys, rows } => {
+                    let all = value(None, &row[at..]).ok_or_else(|| short(i))?;
+                    let (_, w) = varint(all).ok_or_else(|| short(i))?;
+                    let (i, new) = index.index_of(&all[w..])?;
                     if new {
                         keys.extend_from_slice(all);
                     }
                     rows.push(i);
                     at += all.len();
                 }
-                _ => return Err(Malformed(format!("no builder for column {}", col.name))),
             }
         }
         Ok(at)
@@ -372,7 +381,9 @@ impl Blocks<'_> {
             .builders
             .iter()
             .map(|b| match b {
-                Builder::Plain { data, nulls } => data.len() + nulls.as_ref().map_or(0, Vec::len),
+                Builder::Plain { data, nulls, .. } => {
+                    data.len() + nulls.as_ref().map_or(0, Vec::len)
+                }
                 Builder::LowCardinality { keys, rows, .. } => keys.len() + rows.len() * 4 + 32,
             })
             .sum::<usize>()
@@ -390,7 +401,7 @@ impl Blocks<'_> {
             put_bytes(&mut out, col.name.as_bytes());
             put_bytes(&mut out, col.type_name.as_bytes());
             match b {
-                Builder::Plain { data, nulls } => {
+                Builder::Plain { data, nulls, .. } => {
                     if let Some(n) = nulls {
                         out.extend_from_slice(n);
                     }

@@ -78,6 +78,9 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     fn word8(s: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"))
     }
+    fn word16(s: &[u8], at: usize) -> u128 {
+        u128::from_le_bytes(s[at..at + 16].try_into().expect("sixteen bytes"))
+    }
     let n = a.len();
     if b.len() != n {
         return false;
@@ -87,6 +90,7 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
         1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
         4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
         8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+        17..=32 => word16(a, 0) == word16(b, 0) && word16(a, n - 16) == word16(b, n - 16),
         _ => a == b,
     }
 }

@@ -10,6 +10,8 @@
 
 use jiff::tz::TimeZone;
 
+use super::flat::same_bytes;
+
 /// An instant: seconds since 1970-01-01 UTC and nanoseconds into the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Instant {
@@ -331,11 +333,11 @@ pub fn event_ms(text: &str) -> Option<i64> {
     // The second kept is of a text of this shape, so one that starts the
     // same has it too.
     let hit = LAST.with_borrow(|(key, secs)| {
-        if key.len() < 19 || b.len() < 19 || key.as_bytes()[..19] != b[..19] {
+        if key.len() < 19 || b.len() < 19 || !same_bytes(&key.as_bytes()[..19], &b[..19]) {
             return None;
         }
         let (ms, tail) = fraction();
-        (key.as_bytes()[19..] == b[tail..]).then_some(secs.saturating_mul(1000) + ms)
+        same_bytes(&key.as_bytes()[19..], &b[tail..]).then_some(secs.saturating_mul(1000) + ms)
     });
     if hit.is_some() {
         return hit;
