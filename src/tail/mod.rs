@@ -56,7 +56,7 @@ pub use paths::{
     source_near,
 };
 pub(crate) use read::{CHUNK_BYTES, CHUNK_ROWS, ChunkBuilder, LineEncoder, Origin, host_name};
-use read::{ReadError, Sink, Waiting, commit_past, flush_incomplete, read_file};
+use read::{Read, ReadError, Sink, Waiting, commit_past, flush_incomplete, read_file};
 
 /// A renamed-away file that has not grown for this long, read to its end,
 /// is released.
@@ -76,6 +76,11 @@ const SETTLE_NEW: Duration = Duration::from_millis(200);
 const FRESH_MAX: usize = 4096;
 /// Rotations chtail did not see are looked for every this many polls.
 const ROTATION_SCAN_POLLS: u32 = 5;
+/// After a round that read every file to its end, the next waits this
+/// long: the bot writes a line at a time, and read as they come each line
+/// would cost a round (a look at every open file) and a chunk of its own
+/// (README, "Performance").
+const GATHER: Duration = Duration::from_millis(10);
 
 /// The stop signal and the wake-ups for the tailer thread.
 #[derive(Clone)]
@@ -259,6 +264,8 @@ pub struct Tailer {
     /// The first look at the files with an empty state: where a source's
     /// `start_at` applies.
     attaching: bool,
+    /// Whether a read this round stopped before its file's end.
+    behind: bool,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -316,6 +323,7 @@ impl Tailer {
             rotations_since,
             last_rotation_scan: None,
             attaching,
+            behind: false,
             _watcher: watcher,
         }
     }
@@ -344,6 +352,7 @@ impl Tailer {
             }
             self.settle();
             let mut progress = false;
+            self.behind = false;
             for i in 0..self.files.len() {
                 match self.read(i) {
                     Ok(p) => progress |= p,
@@ -359,6 +368,8 @@ impl Tailer {
                     Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
+            } else if !self.behind {
+                std::thread::sleep(GATHER);
             }
         }
         tracing::debug!("tailer stopped reading");
@@ -440,20 +451,32 @@ impl Tailer {
         found.dedup();
         // What a source's `exclude` globs take out.
         found.retain(|p| self.matches(p));
+        // Tracked files by identity: thousands of rotated files may match.
+        let mut tracked: HashMap<(u64, u64), usize> = HashMap::new();
+        for (i, t) in self.files.iter().enumerate() {
+            tracked.entry((t.identity.dev, t.identity.ino)).or_insert(i);
+        }
         for path in found {
             if is_compressed_name(&path) {
                 continue;
             }
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink())
-                && !paths::source_of(&self.out.sources, &path)
-                    .is_some_and(|i| self.out.sources[i].follow_symlinks)
-            {
-                if self.symlinks_noted.insert(path.clone()) {
-                    tracing::warn!(path = %path.display(), "skipping a symlink that matches a source (set follow_symlinks = true in its [[source]] to read its target)");
+            // One stat for a plain file, the usual case: thousands of
+            // rotated files may match.
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_symlink() => {
+                    if !paths::source_of(&self.out.sources, &path)
+                        .is_some_and(|i| self.out.sources[i].follow_symlinks)
+                    {
+                        if self.symlinks_noted.insert(path.clone()) {
+                            tracing::warn!(path = %path.display(), "skipping a symlink that matches a source (set follow_symlinks = true in its [[source]] to read its target)");
+                        }
+                        continue;
+                    }
+                    std::fs::metadata(&path)
                 }
-                continue;
-            }
-            let meta = match std::fs::metadata(&path) {
+                other => other,
+            };
+            let meta = match meta {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => continue,
                 // Renamed or deleted between the glob and the stat: the
@@ -468,11 +491,7 @@ impl Tailer {
             if !seen.insert(key) {
                 continue; // the same file under two matching names
             }
-            if let Some(t) = self
-                .files
-                .iter_mut()
-                .find(|t| (t.identity.dev, t.identity.ino) == key)
-            {
+            if let Some(t) = tracked.get(&key).map(|&i| &mut self.files[i]) {
                 if *t.path != *path {
                     tracing::info!(id = t.id.0, from = %t.path.display(), to = %path.display(), "file renamed; following it");
                     t.path = Arc::from(path.as_path());
@@ -673,13 +692,14 @@ impl Tailer {
         let t = &mut self.files[i];
         let sink = self.out.sink(t);
         match read_file(t, &sink, &mut self.buf, &mut self.builder) {
-            Ok(progress) => {
-                if progress {
+            Ok(read) => {
+                if read != Read::Nothing {
                     t.idle_since = None;
                 } else if t.idle_since.is_none() {
                     t.idle_since = Some(Instant::now());
                 }
-                Ok(progress)
+                self.behind |= read == Read::More;
+                Ok(read != Read::Nothing)
             }
             Err(ReadError::Cancelled) => Err(Cancelled),
             Err(ReadError::Io(e)) => {

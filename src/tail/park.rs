@@ -93,7 +93,9 @@ impl Tailer {
         };
         p.unseen_since = None;
         if *p.path != *path {
-            tracing::info!(id = p.id.0, from = %p.path.display(), to = %path.display(), "file renamed; following it");
+            // A rollover renames every rotated file: thousands of lines at
+            // INFO for an idle file's new name would bury the log.
+            tracing::debug!(id = p.id.0, from = %p.path.display(), to = %path.display(), "idle file renamed; following it");
             p.path = Arc::from(path);
             self.registry.set_path(p.id, path);
         }

@@ -74,7 +74,7 @@ pub fn has_compressed_magic(b: &[u8]) -> bool {
 /// and its extension (`events.1.jsonl`, `events.2026-12-01.jsonl`).
 /// Compressed rotations are never read as text.
 pub(super) fn is_rotation_of(live: &str, name: &str) -> bool {
-    if name == live || is_compressed_name(Path::new(name)) {
+    if name == live {
         return false;
     }
     let after_live = name
@@ -88,7 +88,21 @@ pub(super) fn is_rotation_of(live: &str, name: &str) -> bool {
                 .and_then(|mid| mid.strip_suffix('.'))
                 .is_some_and(|mid| mid.len() > 1 && mid.starts_with(['.', '-', '_']))
     });
-    after_live || inside
+    (after_live || inside) && !is_compressed_name(Path::new(name))
+}
+
+/// Every live name `name` could be a rotation of (see [`is_rotation_of`],
+/// which decides): the name cut before each separator, and that with the
+/// name's extension put back. A handful of candidates, found in a set,
+/// instead of a comparison with every live file.
+pub(super) fn live_names_of(name: &str) -> impl Iterator<Item = String> + '_ {
+    let ext = name.rsplit_once('.').map(|(_, ext)| ext);
+    name.char_indices()
+        .filter(|&(i, c)| i > 0 && matches!(c, '.' | '-' | '_'))
+        .flat_map(move |(i, _)| {
+            let stem = &name[..i];
+            std::iter::once(stem.to_owned()).chain(ext.map(|ext| format!("{stem}.{ext}")))
+        })
 }
 
 /// The files a glob pattern treats as rotations of its live files (see
@@ -270,6 +284,26 @@ mod tests {
         assert!(is_rotation_of("bot.log", "bot.log.3"));
         assert!(!is_rotation_of("bot", "bot"));
         assert!(is_rotation_of("bot", "bot.1"));
+    }
+
+    /// Every live name a file is a rotation of is among the candidates
+    /// the rotation scan looks up.
+    #[test]
+    fn rotations_are_found_by_their_candidate_live_names() {
+        use proptest::prelude::*;
+        proptest!(|(live in "[ab][ab._-]{0,6}", name in "[ab][ab._-]{0,9}")| {
+            if is_rotation_of(&live, &name) {
+                prop_assert!(live_names_of(&name).any(|l| l == live), "{} of {}", name, live);
+            }
+        });
+        for (live, name) in [
+            ("events.jsonl", "events.jsonl.1"),
+            ("events.jsonl", "events.2026-12-01.jsonl"),
+            ("events.jsonl", "events.jsonl-20261201"),
+            ("bot", "bot.1"),
+        ] {
+            assert!(live_names_of(name).any(|l| l == live), "{name} of {live}");
+        }
     }
 
     #[test]

@@ -203,12 +203,24 @@ impl ChunkBuilder {
     }
 }
 
+/// What a read of one file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// Nothing new.
+    Nothing,
+    /// New lines, read to the file's end.
+    ToEnd,
+    /// New lines, and the round's share of reading ended before the
+    /// file's end: more is waiting.
+    More,
+}
+
 pub(super) fn read_file(
     t: &mut Tracked,
     sink: &Sink<'_>,
     buf: &mut [u8],
     builder: &mut ChunkBuilder,
-) -> Result<bool, ReadError> {
+) -> Result<Read, ReadError> {
     builder.reset(t.splitter.emitted_offset());
     // Field by field: the splitter is borrowed mutably beside it.
     let origin = Origin {
@@ -221,6 +233,7 @@ pub(super) fn read_file(
     };
     let mut budget = buf.len() * 8;
     let mut progress = false;
+    let mut more = false;
     loop {
         let at = t.splitter.fed_offset();
         let n = t.file.read_at(buf, at).map_err(ReadError::Io)?;
@@ -234,7 +247,7 @@ pub(super) fn read_file(
         if at == 0 && has_compressed_magic(&buf[..n]) {
             tracing::warn!(path = %t.path.display(), "file matched by a source is compressed; skipping it (point the glob at uncompressed files only)");
             t.compressed = true;
-            return Ok(false);
+            return Ok(Read::Nothing);
         }
         progress = true;
         sink.enc
@@ -268,6 +281,7 @@ pub(super) fn read_file(
         sink.enc.count(lines, rows);
         budget = budget.saturating_sub(n);
         if budget == 0 {
+            more = true;
             break;
         }
     }
@@ -276,7 +290,11 @@ pub(super) fn read_file(
             .push(c, || sink.waiting.go_on())
             .map_err(|_| ReadError::Cancelled)?;
     }
-    Ok(progress)
+    Ok(match (progress, more) {
+        (false, _) => Read::Nothing,
+        (true, false) => Read::ToEnd,
+        (true, true) => Read::More,
+    })
 }
 
 impl<'a> LineEncoder<'a> {

@@ -9,7 +9,7 @@
 //! files that were rotated out of the globs while chtail was down are found
 //! again by identity in the sources' directories.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use super::lines::LineSplitter;
 use super::paths::{
-    has_compressed_magic, is_compressed_name, is_rotation_of, literal_dir, source_near,
+    has_compressed_magic, is_compressed_name, is_rotation_of, literal_dir, live_names_of,
+    source_near,
 };
 use super::{Tailer, Tracked};
 use crate::config;
@@ -186,10 +187,17 @@ impl Tailer {
     /// They are read to their end, oldest first, then released.
     pub(super) fn find_unseen_rotations(&mut self) {
         let since = self.rotations_since;
-        let mut lives: HashSet<(PathBuf, String)> = HashSet::new();
+        // The live names by directory. A directory can hold thousands of
+        // files, all of them tracked or parked: each name is looked up by
+        // the live names it could be a rotation of, never compared with
+        // every live file (README, "Rotation").
+        let mut lives: HashMap<PathBuf, HashSet<String>> = HashMap::new();
         for t in self.files.iter().filter(|t| !t.detached) {
             if let (Some(dir), Some(name)) = (t.path.parent(), t.path.file_name()) {
-                lives.insert((dir.to_owned(), name.to_string_lossy().into_owned()));
+                lives
+                    .entry(dir.to_owned())
+                    .or_default()
+                    .insert(name.to_string_lossy().into_owned());
             }
         }
         for p in &self.patterns {
@@ -199,15 +207,29 @@ impl Tailer {
                 if !name.contains(['*', '?', '['])
                     && !dir.to_string_lossy().contains(['*', '?', '['])
                 {
-                    lives.insert((dir.to_owned(), name.into_owned()));
+                    lives
+                        .entry(dir.to_owned())
+                        .or_default()
+                        .insert(name.into_owned());
                 }
             }
         }
+        let tracked: HashSet<(u64, u64)> = self
+            .files
+            .iter()
+            .map(|t| (t.identity.dev, t.identity.ino))
+            .collect();
+        let mut known: HashMap<(u64, u64), Vec<(u64, Identity)>> = HashMap::new();
+        for f in self.registry.files() {
+            known
+                .entry((f.identity.dev, f.identity.ino))
+                .or_default()
+                .push((self.registry.read_offset(f), f.identity));
+        }
         let mut found: Vec<(std::time::SystemTime, PathBuf, File)> = Vec::new();
-        let mut dirs: Vec<&PathBuf> = lives.iter().map(|(d, _)| d).collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
+        let mut dirs: Vec<(&PathBuf, &HashSet<String>)> = lives.iter().collect();
+        dirs.sort_by(|a, b| a.0.cmp(b.0));
+        for (dir, names) in dirs {
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
                 Err(e) => {
@@ -218,9 +240,8 @@ impl Tailer {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let rotation = lives
-                    .iter()
-                    .any(|(d, live)| d == dir && is_rotation_of(live, &name));
+                let rotation = live_names_of(&name)
+                    .any(|live| names.contains(&live) && is_rotation_of(&live, &name));
                 if !rotation {
                     continue;
                 }
@@ -247,20 +268,17 @@ impl Tailer {
                 if written < since
                     || self.unsettled.contains_key(&key)
                     || self.is_parked(key)
-                    || self
-                        .files
-                        .iter()
-                        .any(|t| (t.identity.dev, t.identity.ino) == key)
+                    || tracked.contains(&key)
                 {
                     continue;
                 }
                 // Known to the checkpoints and read to its end: the usual
                 // case for a released rotation, told by inode and then
                 // confirmed by content, through the same handle.
-                let read = self.registry.files().any(|f| {
-                    (f.identity.dev, f.identity.ino) == key
-                        && self.registry.read_offset(f) >= meta.len()
-                        && f.identity.is(&file)
+                let read = known.get(&key).is_some_and(|records| {
+                    records
+                        .iter()
+                        .any(|(offset, identity)| *offset >= meta.len() && identity.is(&file))
                 });
                 if !read {
                     found.push((written, path, file));
