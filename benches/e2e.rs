@@ -125,7 +125,12 @@ fn live_phase(ch: &ClickHouse) {
     chtail.kill9();
     std::thread::sleep(Duration::from_millis(500));
     let mut chtail = env.start();
+    let started = Instant::now();
     sample(chtail.pid(), &mut peak, 15);
+    // What following the bot costs: the restarted chtail's CPU while the
+    // bot goes on writing (its first moments catch up on what was written
+    // while it was down).
+    let (cpu, secs) = (cpu_seconds(chtail.pid()), started.elapsed().as_secs_f64());
     let rate = writer.finish();
     let table = env.table();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -141,6 +146,11 @@ fn live_phase(ch: &ClickHouse) {
         seqs.values().sum::<u64>(),
         n - seqs.len() as u64,
         peak as f64 / 1024.0
+    );
+    println!(
+        "chtail CPU while the bot writes: {cpu:.2} s in {secs:.1} s ({:.0} % of a core, about {:.2} CPU-seconds per million events)",
+        cpu / secs * 100.0,
+        cpu / (secs * rate) * 1e6
     );
 }
 

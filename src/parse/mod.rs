@@ -89,9 +89,11 @@ pub struct Encoder {
     /// cost of a lookup was measured at a sixth of a line's). Each entry
     /// is (key, column, its place in `order`).
     by_len: Vec<Vec<(String, usize, usize)>>,
-    /// Every key with its column, in the table's column order. A bot
-    /// writes its keys in the same order on every line, so the key after
-    /// one found is tried first: one comparison instead of a lookup.
+    /// Every key with its column, in the table's column order. The key
+    /// after the last one found is tried first: a bot writes its keys in
+    /// one order on every line, and a table made for its events lists its
+    /// columns in that order (the default table does). A miss costs one
+    /// comparison before the lookup.
     order: Vec<(String, usize)>,
     catch_all: Option<usize>,
     /// The key holding the event's own time, for the delay metric.
