@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{Control, SourceRoute};
 
@@ -182,6 +183,11 @@ pub(crate) fn literal_dir(pattern: &str) -> PathBuf {
 /// effort: without inotify, the poll still finds every file that stays
 /// under a matching name for a poll interval, and the rotation scan finds
 /// the rest.
+/// See [`watch`]: the watcher pauses this long in a run of writes to one
+/// file, at most once per [`WATCH_RUN`] of handling events.
+const WATCH_PAUSE: Duration = Duration::from_millis(5);
+const WATCH_RUN: Duration = Duration::from_micros(500);
+
 pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::RecommendedWatcher> {
     use notify::event::{ModifyKind, RenameMode};
     use notify::{EventKind, RecursiveMode, Watcher};
@@ -191,6 +197,9 @@ pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::Rec
         .collect();
     let matching =
         move |p: &Path| globs.iter().any(|g| g.matches_path(p)) && !is_compressed_name(p);
+    // The file of the last write event, and when the watcher last paused.
+    let mut last_write: Option<PathBuf> = None;
+    let mut paused = Instant::now();
     let handler = move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else {
             // Lost events (a queue overflow): the poll looks at everything.
@@ -222,6 +231,20 @@ pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::Rec
             EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
         );
         control.poke(names);
+        // The bot writes a line at a time, and each write is an event:
+        // read as they come, this thread would wake for every line. In a
+        // run of writes to one file it pauses, and the kernel merges that
+        // file's writes meanwhile into one event. Writes to several files
+        // alternate and never pause it, so the queue never backs up.
+        if let (EventKind::Modify(ModifyKind::Data(_)), [path]) = (&ev.kind, ev.paths.as_slice()) {
+            if last_write.as_ref() == Some(path) && paused.elapsed() >= WATCH_RUN {
+                std::thread::sleep(WATCH_PAUSE);
+                paused = Instant::now();
+            }
+            last_write = Some(path.clone());
+        } else {
+            last_write = None;
+        }
     };
     let mut watcher = match notify::recommended_watcher(handler) {
         Ok(w) => w,
