@@ -175,6 +175,11 @@ pub(crate) fn literal_dir(pattern: &str) -> PathBuf {
     dir
 }
 
+/// The watcher pauses this long in a run of write events for one file (see
+/// [`watch`]), at most once per [`WATCH_RUN`] of handling events.
+const WATCH_PAUSE: Duration = Duration::from_millis(5);
+const WATCH_RUN: Duration = Duration::from_micros(500);
+
 /// Watches the sources' directories so that appends and new files wake the
 /// tailer at once. A file created under a matching name, or renamed away
 /// from one, is opened right here, on the watcher's thread, and handed to
@@ -183,11 +188,6 @@ pub(crate) fn literal_dir(pattern: &str) -> PathBuf {
 /// effort: without inotify, the poll still finds every file that stays
 /// under a matching name for a poll interval, and the rotation scan finds
 /// the rest.
-/// See [`watch`]: the watcher pauses this long in a run of writes to one
-/// file, at most once per [`WATCH_RUN`] of handling events.
-const WATCH_PAUSE: Duration = Duration::from_millis(5);
-const WATCH_RUN: Duration = Duration::from_micros(500);
-
 pub(super) fn watch(patterns: &[String], control: Control) -> Option<notify::RecommendedWatcher> {
     use notify::event::{ModifyKind, RenameMode};
     use notify::{EventKind, RecursiveMode, Watcher};
