@@ -79,7 +79,7 @@ const ROTATION_SCAN_POLLS: u32 = 5;
 /// After a round that read every file to its end, the next waits this
 /// long: the bot writes a line at a time, and read as they come each line
 /// would cost a round (a look at every open file) and a chunk of its own
-/// (README, "Performance").
+/// (README, "Rotation").
 const GATHER: Duration = Duration::from_millis(10);
 
 /// The stop signal and the wake-ups for the tailer thread.
