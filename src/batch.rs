@@ -240,7 +240,7 @@ pub(crate) async fn run(
             }
             continue;
         }
-        match stream(&queue, &out, batch, first, stream_rows).await {
+        match stream(&queue, &out, batch, first, stream_rows, &limits).await {
             Fed::Ended(None) => {}
             // The chunk that did not fit starts the next batch.
             Fed::Ended(Some(chunk)) => {
@@ -264,12 +264,21 @@ enum Fed {
 /// Sends `batch` as the head of a stream, then feeds the stream `first`
 /// and the chunks that follow, in queue order, while they keep coming, are
 /// for its table, and fit in it.
+///
+/// The backlog counts as read, and the stream ends, when no chunk came for
+/// [`STREAM_IDLE`], or when a `batch.max_wait` of the batcher's own waiting
+/// brought fewer than `batch.max_rows` rows: the pace that started the
+/// stream is gone, and the bot's own pace is left. Without the second rule
+/// a bot writing steadily keeps a stream open until it is full, and its
+/// rows wait that long to be committed. Time spent waiting for the INSERT
+/// to take a chunk does not count: a slow server is not a read backlog.
 async fn stream(
     queue: &Queue,
     out: &mpsc::Sender<Batch>,
     mut batch: Batch,
     first: Option<Chunk>,
     stream_rows: usize,
+    limits: &config::Batch,
 ) -> Fed {
     let (tx, rx) = mpsc::channel(STREAM_DEPTH);
     batch.more = Some(rx);
@@ -277,6 +286,7 @@ async fn stream(
     if out.send(batch).await.is_err() {
         return Fed::InserterGone;
     }
+    let mut pace = Pace::new();
     let mut next = first;
     loop {
         let chunk = match next.take() {
@@ -290,14 +300,53 @@ async fn stream(
         if chunk.route != route
             || rows + chunk.rows.len() > stream_rows
             || bytes + chunk.data.len() > STREAM_BYTES
+            || pace.slowed(limits)
         {
             return Fed::Ended(Some(chunk));
         }
         rows += chunk.rows.len();
         bytes += chunk.data.len();
+        pace.rows += chunk.rows.len();
+        pace.bytes += chunk.data.len();
+        let sending = Instant::now();
         if tx.send(chunk).await.is_err() {
             return Fed::InserterGone;
         }
+        pace.blocked += sending.elapsed();
+    }
+}
+
+/// A stream's intake over its current window (see [`stream`]).
+struct Pace {
+    since: Instant,
+    /// Time in the window spent waiting for the INSERT, not for chunks.
+    blocked: std::time::Duration,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            since: Instant::now(),
+            blocked: std::time::Duration::ZERO,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether the window just over brought less than a batch (fewer than
+    /// `max_rows` rows and `max_bytes` bytes); a full one starts the next.
+    fn slowed(&mut self, limits: &config::Batch) -> bool {
+        let waited = self.since.elapsed().saturating_sub(self.blocked);
+        if waited < limits.max_wait {
+            return false;
+        }
+        if self.rows < limits.max_rows && self.bytes < limits.max_bytes {
+            return true;
+        }
+        *self = Pace::new();
+        false
     }
 }
 
@@ -334,6 +383,15 @@ mod tests {
             times: Vec::new(),
             held: None,
         }
+    }
+
+    /// A queue holding `n` chunks of 4 rows of file 1, 10 bytes each.
+    fn backlog(n: u64) -> Arc<Queue> {
+        let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
+        for i in 0..n {
+            q.push(chunk(1, i * 10, i * 10 + 10, 4), || true).unwrap();
+        }
+        q
     }
 
     fn limits(rows: usize, wait_ms: u64) -> config::Batch {
@@ -393,10 +451,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_that_fills_goes_on_as_a_stream_while_the_backlog_lasts() {
-        let q = Arc::new(Queue::new(1000, 1 << 20, Arc::default()));
-        for i in 0..10 {
-            q.push(chunk(1, i * 10, i * 10 + 10, 4), || true).unwrap();
-        }
+        let q = backlog(10);
         let (tx, mut rx) = mpsc::channel(1);
         let task = tokio::spawn(run(q.clone(), limits(8, 1000), 28, Arc::default(), tx));
         let drain = |mut more: mpsc::Receiver<Chunk>, mut end: u64| async move {
@@ -440,6 +495,49 @@ mod tests {
         assert_eq!((b.route, b.ranges()[0].start), (0, 140));
         q.close();
         assert!(rx.recv().await.is_none());
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_when_the_chunks_come_at_less_than_a_batch_per_max_wait() {
+        let q = backlog(2);
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(run(q.clone(), limits(8, 1000), 1000, Arc::default(), tx));
+        // A backlog's pace, 4 rows every 100 ms (40 a second, a batch is 8),
+        // for 3 s, then the bot's, a row every 150 ms (under 8 a second).
+        let feeder = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut at = 20;
+                for i in 0..60 {
+                    let (rows, pause) = if i < 30 { (4, 100) } else { (1, 150) };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    q.push(chunk(1, at, at + 10, rows), || true).unwrap();
+                    at += 10;
+                }
+            })
+        };
+        let t0 = Instant::now();
+        let mut b = rx.recv().await.unwrap();
+        assert_eq!(b.rows, 8);
+        let mut more = b.more.take().expect("a stream");
+        let mut rows = 0;
+        while let Some(c) = more.recv().await {
+            rows += c.rows.len();
+        }
+        // The backlog's 30 chunks and at most two windows of the slow ones
+        // (the window the backlog ended in may still be full).
+        let took = Instant::now() - t0;
+        assert!((120..120 + 16).contains(&rows), "{rows} rows streamed");
+        assert!(took <= Duration::from_millis(3000 + 2000 + 200), "{took:?}");
+        // What follows goes in batches closed by max_wait.
+        let b = rx.recv().await.unwrap();
+        assert!(b.more.is_none());
+        feeder.await.unwrap();
+        q.close();
+        while let Some(b) = rx.recv().await {
+            assert!(b.more.is_none());
+        }
         task.await.unwrap();
     }
 
