@@ -226,7 +226,7 @@ impl Tailer {
                 .or_default()
                 .push((self.registry.read_offset(f), f.identity));
         }
-        let mut found: Vec<(std::time::SystemTime, PathBuf, File)> = Vec::new();
+        let mut found: Vec<(std::time::SystemTime, u64, PathBuf, File)> = Vec::new();
         let mut dirs: Vec<(&PathBuf, &HashSet<String>)> = lives.iter().collect();
         dirs.sort_by(|a, b| a.0.cmp(b.0));
         for (dir, names) in dirs {
@@ -281,12 +281,12 @@ impl Tailer {
                         .any(|(offset, identity)| *offset >= meta.len() && identity.is(&file))
                 });
                 if !read {
-                    found.push((written, path, file));
+                    found.push((written, meta.len(), path, file));
                 }
             }
         }
-        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        for (_, path, file) in found {
+        found.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+        for (_, size, path, file) in found {
             if self.matches(&path) {
                 continue;
             }
@@ -295,6 +295,16 @@ impl Tailer {
             let mut head = [0u8; 6];
             let n = file.read_at(&mut head, 0).unwrap_or(0);
             if has_compressed_magic(&head[..n]) {
+                continue;
+            }
+            // Short of a whole fingerprint, it may still be being written
+            // (copytruncate's copy, part-way), and judged empty or
+            // half-copied, a copy of a file already read would be taken
+            // for a new one and read again from its start: it is judged
+            // as any new file is, once its size has held still.
+            if size < crate::identity::FINGERPRINT_MAX {
+                tracing::debug!(path = %path.display(), size, "a rotated file chtail had not read is still being written; judging it once it settles");
+                self.unsettle(file, path);
                 continue;
             }
             tracing::info!(path = %path.display(), "found a rotated file chtail had not read; reading it");

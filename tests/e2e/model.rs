@@ -34,6 +34,9 @@ enum Op {
     Rotate,
     /// Copy the live file to `.1`, then truncate it.
     CopyTruncate,
+    /// The same, with the copy seen empty, then part-written, as while
+    /// logrotate copies a large file.
+    SlowCopyTruncate,
     /// Truncate the live file in place (its unread lines are gone: settle first).
     Truncate,
     /// Delete the oldest rotated file.
@@ -54,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Partial),
         2 => Just(Op::Rotate),
         1 => Just(Op::CopyTruncate),
+        1 => Just(Op::SlowCopyTruncate),
         1 => Just(Op::Truncate),
         1 => Just(Op::DeleteRotated),
         1 => Just(Op::Restart),
@@ -124,6 +128,15 @@ impl Harness {
 
     fn live(&self) -> PathBuf {
         self.dir.join("events.log")
+    }
+
+    fn truncate_live(&self) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.live())
+            .unwrap()
+            .set_len(0)
+            .unwrap();
     }
 
     fn rotated(&self, n: u32) -> PathBuf {
@@ -340,22 +353,25 @@ impl Harness {
             Op::CopyTruncate => {
                 self.begin_rotation();
                 std::fs::copy(self.live(), self.rotated(1)).unwrap();
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(self.live())
-                    .unwrap()
-                    .set_len(0)
-                    .unwrap();
+                self.truncate_live();
+            }
+            Op::SlowCopyTruncate => {
+                self.begin_rotation();
+                let text = std::fs::read(self.live()).unwrap();
+                let (head, rest) = text.split_at(text.len() / 2);
+                std::fs::File::create(self.rotated(1)).unwrap();
+                // Longer than the tailer's look for unseen rotations (every
+                // five polls of 30 ms), each time.
+                self.pump(Duration::from_millis(200));
+                Self::append_file(&self.rotated(1), &String::from_utf8_lossy(head));
+                self.pump(Duration::from_millis(200));
+                Self::append_file(&self.rotated(1), &String::from_utf8_lossy(rest));
+                self.truncate_live();
             }
             Op::Truncate => {
                 self.complete_partial();
                 self.settle();
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(self.live())
-                    .unwrap()
-                    .set_len(0)
-                    .unwrap();
+                self.truncate_live();
             }
             Op::DeleteRotated => {
                 let oldest = if self.rotated(2).exists() {
@@ -434,6 +450,27 @@ fn regression_copies_and_reused_inodes_are_not_read_twice() {
             h.apply(op);
         }
         h.check();
+    }
+}
+
+/// Regression: copytruncate's copy seen by the look for unseen rotations
+/// while still empty, then half-written, was taken for a new file and read
+/// from its start (every line of it delivered twice) when only the live
+/// name is a source.
+#[test]
+fn regression_a_copy_seen_while_being_written_is_not_read_twice() {
+    use Op::*;
+    for ops in [
+        vec![Append(10), SlowCopyTruncate, Append(3)],
+        vec![Append(39), SlowCopyTruncate, Append(5), Restart, Append(2)],
+    ] {
+        for wide in [false, true] {
+            let mut h = Harness::new(wide);
+            for op in &ops {
+                h.apply(op);
+            }
+            h.check();
+        }
     }
 }
 
