@@ -71,6 +71,11 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// being written is complete by then. A file being appended to reaches a
 /// full fingerprint first, so the wait never starves it.
 const SETTLE_NEW: Duration = Duration::from_millis(200);
+/// ... and once it holds a whole line, since a copy is recognised by a line
+/// in common; a file without one has nothing to read yet. One whose only
+/// line stays unfinished this long is judged all the same (to be flushed
+/// once released, as any file's unfinished last line).
+const SETTLE_LINELESS: Duration = Duration::from_secs(10);
 /// At most this many files opened by the watcher wait for the tailer; past
 /// it the poll finds the rest.
 const FRESH_MAX: usize = 4096;
@@ -592,8 +597,11 @@ impl Tailer {
                 u.size = meta.len();
                 u.since = now;
             }
+            let still = now.duration_since(u.since);
             let judged = u.size >= identity::FINGERPRINT_MAX
-                || (u.size > 0 && now.duration_since(u.since) >= SETTLE_NEW);
+                || (u.size > 0
+                    && still >= SETTLE_NEW
+                    && (still >= SETTLE_LINELESS || resume::prefix_has_newline(&u.file, u.size)));
             // An empty file that was deleted will never hold anything.
             let gone = u.size == 0 && meta.nlink() == 0;
             if judged || gone {

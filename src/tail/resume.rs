@@ -63,8 +63,10 @@ impl Tailer {
             .map(|(id, offset, _)| (*id, *offset));
         // A copy of a known file (copytruncate's rotated copy): another
         // inode starting with the same bytes.
+        let files = &self.files;
         let copy_of = || {
-            cp.files()
+            let whole = cp
+                .files()
                 .filter(|f| !f.identity.same_inode(&identity))
                 .filter(|f| f.identity.fp_len > 0 && f.identity.fp_len <= size)
                 .filter(|f| f.identity.same_content(&file).unwrap_or(false))
@@ -72,7 +74,21 @@ impl Tailer {
                 // event's time and data, two files do not share one by chance.
                 .filter(|f| prefix_has_newline(&file, f.identity.fp_len))
                 .max_by_key(|f| f.offset)
-                .map(|f| (f.id, f.offset, f.path.clone()))
+                .map(|f| (f.id, f.offset, f.path.clone()));
+            // Shorter than the original's fingerprint: a copy part-way
+            // (its size held still a moment). The original is truncated
+            // only once the copy is whole, so it is still open here and
+            // holds those bytes: compared byte for byte.
+            whole.or_else(|| {
+                files
+                    .iter()
+                    .filter(|t| !t.identity.same_inode(&identity))
+                    .filter(|t| size > 0 && t.identity.fp_len > size)
+                    .filter(|t| same_prefix(&file, &t.file, size))
+                    .find(|_| prefix_has_newline(&file, size))
+                    .and_then(|t| cp.get(t.id))
+                    .map(|f| (f.id, f.offset, f.path.clone()))
+            })
         };
         let mut waiting_for = None;
         let mut skip_to = None;
@@ -384,8 +400,17 @@ fn last_line_end(file: &File, size: u64) -> u64 {
     0
 }
 
-fn prefix_has_newline(file: &File, len: u64) -> bool {
-    // `len` is a fingerprint's, at most FINGERPRINT_MAX.
+/// Whether `a` and `b` hold the same first `len` bytes (`len` is below a
+/// fingerprint's, at most FINGERPRINT_MAX).
+fn same_prefix(a: &File, b: &File, len: u64) -> bool {
+    let len = usize::try_from(len).unwrap_or(0);
+    let (mut x, mut y) = (vec![0u8; len], vec![0u8; len]);
+    a.read_exact_at(&mut x, 0).is_ok() && b.read_exact_at(&mut y, 0).is_ok() && x == y
+}
+
+/// Whether the first `len` bytes of `file` (at most FINGERPRINT_MAX) hold
+/// a whole line.
+pub(super) fn prefix_has_newline(file: &File, len: u64) -> bool {
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     file.read_exact_at(&mut buf, 0).is_ok() && buf.contains(&b'\n')
 }

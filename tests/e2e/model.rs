@@ -35,7 +35,7 @@ enum Op {
     /// Copy the live file to `.1`, then truncate it.
     CopyTruncate,
     /// The same, with the copy seen empty, then part-written, as while
-    /// logrotate copies a large file.
+    /// logrotate copies a large file on a busy disk.
     SlowCopyTruncate,
     /// Truncate the live file in place (its unread lines are gone: settle first).
     Truncate,
@@ -360,11 +360,13 @@ impl Harness {
                 let text = std::fs::read(self.live()).unwrap();
                 let (head, rest) = text.split_at(text.len() / 2);
                 std::fs::File::create(self.rotated(1)).unwrap();
-                // Longer than the tailer's look for unseen rotations (every
-                // five polls of 30 ms), each time.
+                // Empty for longer than the tailer's look for unseen
+                // rotations (every five polls of 30 ms); then half-written
+                // for longer than a new file's size must hold still to be
+                // judged (200 ms).
                 self.pump(Duration::from_millis(200));
                 Self::append_file(&self.rotated(1), &String::from_utf8_lossy(head));
-                self.pump(Duration::from_millis(200));
+                self.pump(Duration::from_millis(400));
                 Self::append_file(&self.rotated(1), &String::from_utf8_lossy(rest));
                 self.truncate_live();
             }
@@ -453,15 +455,18 @@ fn regression_copies_and_reused_inodes_are_not_read_twice() {
     }
 }
 
-/// Regression: copytruncate's copy seen by the look for unseen rotations
-/// while still empty, then half-written, was taken for a new file and read
-/// from its start (every line of it delivered twice) when only the live
-/// name is a source.
+/// Regression: copytruncate's copy seen empty (by the look for unseen
+/// rotations when only the live name is a source), or half-written and
+/// shorter than the original's fingerprint or than its first line, was
+/// taken for a new file and read from its start: every line of it
+/// delivered twice.
 #[test]
 fn regression_a_copy_seen_while_being_written_is_not_read_twice() {
     use Op::*;
     for ops in [
         vec![Append(10), SlowCopyTruncate, Append(3)],
+        // Half-written before it holds a whole line.
+        vec![Partial, SlowCopyTruncate],
         vec![Append(39), SlowCopyTruncate, Append(5), Restart, Append(2)],
     ] {
         for wide in [false, true] {
