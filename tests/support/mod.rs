@@ -37,11 +37,25 @@ pub(crate) struct ClickHouse {
     run_as: Option<u32>,
 }
 
+/// A loopback port free now and never handed out before in this process:
+/// the kernel may give the same free port to two tests running side by
+/// side, and the second server, unable to listen, would leave its test
+/// talking to the first test's server.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The shared server for tests that do not stop it.
@@ -258,18 +272,28 @@ impl ClickHouse {
             Some(ns) => format!("ip netns exec {ns} {server}"),
             None => server,
         };
-        let child = watched(&server, &self.dir);
-        self.child = Some(child);
+        self.child = Some(watched(&server, &self.dir));
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut exited = None;
         while Instant::now() < deadline {
+            // A server that exited (it could not listen, say) must not
+            // pass for started because something else answers its port.
+            exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() {
+                break;
+            }
             if self.try_query("SELECT 1").is_ok_and(|r| r.trim() == "1") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = std::fs::read_to_string(self.dir.join("server.err.log")).unwrap_or_default();
+        let out = std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default();
         panic!(
-            "ClickHouse did not start on port {}:\n{log}",
+            "ClickHouse did not start on port {} (exited: {exited:?}):\n{log}\n{out}",
             self.http_port
         );
     }
